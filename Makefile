@@ -1,0 +1,47 @@
+# Two entry points: `make train` (the default experiment) and `make test` (the test suite).
+# Each bootstraps what it needs: uv, the locked environment and the Fashion-MNIST files.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+FMNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: help uv env data train test lint format
+
+help:
+	@echo "make train [ARGS='model=resnet20 trainer.max_epochs=3']  run an experiment"
+	@echo "make test                                               run the test suite"
+	@echo "make lint | make format                                 ruff checks / fixes"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+env: uv
+	@$(UV) sync --frozen --quiet
+
+# Fashion-MNIST from the Debian package, unless it is already here (cnnlab also looks in
+# data/ and, when online, downloads with torchvision).
+data:
+	@if ls $(FMNIST_SYSTEM_DIR)/train-images-idx3-ubyte* data/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		true; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST not installed and apt-get not usable: cnnlab will try to download it."; \
+	fi
+
+train: env data
+	$(UV) run --frozen cnnlab-train $(ARGS)
+
+test: env data
+	$(UV) run --frozen pytest $(ARGS)
+
+lint: env
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+format: env
+	$(UV) run --frozen ruff check --fix .
+	$(UV) run --frozen ruff format .

@@ -1,0 +1,269 @@
+"""Config schemas, resolvers and validation.
+
+Groups with a fixed shape (optimizer, scheduler, module, transfer, paths and the Lightning
+Trainer arguments) are dataclasses registered in Hydra's ConfigStore as ``train_schema``, so Hydra
+rejects a misspelt key or a badly typed value while it composes. Groups that name a class with
+``_target_`` (model, data, augmentation, logger, callbacks) take whatever that class takes: their
+schema is derived from the class signature and checked by :func:`validate` before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cnnlab.errors import CnnlabError
+
+
+class OptimizerName(enum.Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class SchedulerName(enum.Enum):
+    none = "none"
+    cosine = "cosine"
+    step = "step"
+    onecycle = "onecycle"
+
+
+class TransferStrategy(enum.Enum):
+    scratch = "scratch"
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Decaying BatchNorm scales and biases only shrinks them; timm and torchvision skip them.
+    decay_norm_and_bias: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.cosine
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_epochs: int = 30
+    gamma: float = 0.1
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+@dataclass
+class ModuleConfig:
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
+    channels_last: bool = False
+
+
+@dataclass
+class TransferConfig:
+    strategy: TransferStrategy = TransferStrategy.scratch
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    output_root: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The OmegaConf field type for a Python annotation; Any where OmegaConf cannot express it."""
+    if annotation in (int, float, bool, str):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            inner = _schema_type(rest[0])
+            return Any if inner is Any else Optional[inner]
+        return Any
+    if origin in (list, tuple, Sequence) and args and args[0] in (int, float, str, bool):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return Any
+        return List[args[0]]
+    return Any
+
+
+def _default(param: inspect.Parameter) -> Any:
+    if param.default is inspect.Parameter.empty:
+        return MISSING
+    if isinstance(param.default, (int, float, bool, str, type(None), enum.Enum)):
+        return param.default
+    return None
+
+
+@functools.cache
+def signature_schema(target: Callable) -> type | None:
+    """A dataclass of the keyword arguments of ``target``; None if it takes **kwargs."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to untyped fields
+        hints = {}
+    params = [p for p in inspect.signature(target).parameters.values() if p.name != "self"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    fields = []
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        kind = _schema_type(hints.get(p.name, Any))
+        default = _default(p)
+        if kind is not Any and default is None and not _allows_none(kind):
+            kind = Optional[kind]
+        fields.append((p.name, kind, field(default=default)))
+    return dataclasses.make_dataclass(f"{target.__name__}Schema", fields)
+
+
+def _allows_none(kind: Any) -> bool:
+    return type(None) in typing.get_args(kind)
+
+
+def _trainer_schema() -> type:
+    from lightning import Trainer
+
+    schema = signature_schema(Trainer)
+    # logger and callbacks are cnnlab groups of their own; cnnlab adds "auto" precision.
+    keep = [
+        (f.name, f.type, field(default=f.default))
+        for f in dataclasses.fields(schema)
+        if f.name not in ("logger", "callbacks")
+    ]
+    return dataclasses.make_dataclass("TrainerConfig", keep)
+
+
+def train_schema() -> type:
+    trainer = _trainer_schema()
+    return dataclasses.make_dataclass(
+        "TrainConfig",
+        [
+            ("seed", int, field(default=42)),
+            ("name", str, field(default="default")),
+            ("resume", Optional[str], field(default=None)),
+            ("test", bool, field(default=True)),
+            ("model", Any, field(default=MISSING)),
+            ("data", Any, field(default=MISSING)),
+            ("augmentation", Any, field(default=None)),
+            ("logger", dict[str, Any], field(default_factory=dict)),
+            ("callbacks", dict[str, Any], field(default_factory=dict)),
+            ("transfer", TransferConfig, field(default_factory=TransferConfig)),
+            ("optimizer", OptimizerConfig, field(default_factory=OptimizerConfig)),
+            ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
+            ("module", ModuleConfig, field(default_factory=ModuleConfig)),
+            ("paths", PathsConfig, field(default_factory=PathsConfig)),
+            ("trainer", trainer, field(default_factory=trainer)),
+        ],
+    )
+
+
+_unique_dirs: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """``path``, or ``path_1``, ``path_2``... if a run already lives there: never reuse a run dir.
+
+    Memoised, because Hydra resolves its run dir more than once in a process.
+    """
+    if path not in _unique_dirs:
+        candidate, n = Path(path), 0
+        while candidate.exists():
+            n += 1
+            candidate = Path(f"{path}_{n}")
+        _unique_dirs[path] = str(candidate)
+    return _unique_dirs[path]
+
+
+def count_class_dirs(root: str) -> int:
+    """The number of class folders in an image-folder tree (its ``train/`` part if it has one)."""
+    base = Path(root).expanduser()
+    if (base / "train").is_dir():
+        base = base / "train"
+    if not base.is_dir():
+        raise CnnlabError(
+            f"data.root={root!r} is not a folder. data=image_folder expects a tree "
+            "root/<class>/<image> (or root/train/<class>/<image> with optional val/ and test/)."
+        )
+    return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def register() -> None:
+    """Register resolvers and the schema; safe to call more than once."""
+    for name, fn in (("cnnlab.unique_dir", unique_dir), ("cnnlab.class_dirs", count_class_dirs)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    ConfigStore.instance().store(name="train_schema", node=train_schema())
+
+
+def _import_target(path: str, where: str) -> Callable:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise CnnlabError(
+            f"{where}._target_={path!r} cannot be imported ({e}). Give the dotted path of a "
+            "class or function, e.g. cnnlab.models.resnet.ResNet."
+        ) from None
+
+
+def _check_target(node: DictConfig, where: str) -> None:
+    target = _import_target(node._target_, where)
+    schema = signature_schema(target)
+    if schema is None:
+        return
+    values = {k: v for k, v in node.items() if not str(k).startswith("_")}
+    accepted = ", ".join(f.name for f in dataclasses.fields(schema))
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        detail = str(e).splitlines()[0]
+        raise CnnlabError(
+            f"Bad config value {where}.{key}: {detail}. {node._target_} accepts: {accepted}."
+        ) from None
+
+
+def _walk_targets(node: Any, where: str) -> None:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            _check_target(node, where)
+            return
+        for k, v in node.items():
+            _walk_targets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, ListConfig):
+        for i, v in enumerate(node):
+            _walk_targets(v, f"{where}[{i}]")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Resolve every interpolation and check each ``_target_`` node against its signature."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise CnnlabError(f"Incomplete config: {str(e).splitlines()[0]} ({e.full_key}).") from None
+    for group in ("model", "data", "augmentation", "logger", "callbacks"):
+        _walk_targets(resolved.get(group), group)
+    return resolved

@@ -1,0 +1,145 @@
+"""The LightningModule that trains any classifier of the model zoo."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+)
+
+from cnnlab.augment import Preprocess
+from cnnlab.optim import build_optimizer, build_scheduler
+
+
+def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(main logits, auxiliary logits): a model with auxiliary classifiers (GoogLeNet, Inception v3)
+    returns a tuple in training mode, the main logits first."""
+    if isinstance(out, (tuple, list)):
+        return out[0], tuple(out[1:])
+    return out, ()
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of ``model`` with optional label smoothing and auxiliary losses.
+
+    Batches arrive as uint8 images; ``on_after_batch_transfer`` converts, augments (training only)
+    and normalises them on the device. Metrics are torchmetrics objects updated on the device and
+    reduced once per epoch, so logging adds no host synchronisation to a training step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        channels: int,
+        image_size: int,
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
+        channels_last: bool = False,
+        augmentation: nn.Module | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = Preprocess(channels, image_size)
+        self.augmentation = augmentation or nn.Identity()
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
+        self.channels_last = channels_last
+        self.num_classes = num_classes
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        top5 = min(5, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_report: dict = {}
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and stage == "fit":
+            self.preprocess.set_stats(datamodule.mean, datamodule.std)
+            self.class_names = list(datamodule.class_names) or self.class_names
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = self.preprocess.to_unit_float(x)
+        if self.training:
+            x = self.augmentation(x)
+        x = self.preprocess.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return split_outputs(self.model(x))[0]
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits, aux = split_outputs(self.model(x))
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        for aux_logits in aux:
+            aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
+            loss = loss + self.aux_loss_weight * aux_loss
+        self.train_acc.update(logits.detach(), y)
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        self.val_acc_top5.update(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
+        self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        for metric in (self.test_acc, self.test_acc_top5, self.test_per_class, self.test_confusion):
+            metric.update(logits, y)
+        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log("test_acc", self.test_acc, on_epoch=True)
+        self.log("test_acc_top5", self.test_acc_top5, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute().tolist()
+        self.test_report = {
+            "per_class_acc": dict(zip(self.class_names, per_class, strict=True)),
+            "confusion_matrix": self.test_confusion.compute().tolist(),
+            "class_names": self.class_names,
+        }
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optimizer_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cnnlab"] = {
+            "class_names": self.class_names,
+            "config": getattr(self, "run_config", None),
+        }

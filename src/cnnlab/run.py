@@ -1,0 +1,127 @@
+"""One training run: compose the pieces a config names, fit, test and write the results."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import validate
+from cnnlab.errors import CnnlabError
+from cnnlab.loggers import finish_wandb
+from cnnlab.module import ClassificationModule
+from cnnlab.results import RESULTS_FILE, print_summary, write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 elsewhere (CPUs without
+    native bf16, such as AVX2-only ones, run bf16 slower than fp32)."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    kwargs = OmegaConf.to_container(cfg.trainer)
+    kwargs["precision"] = resolve_precision(kwargs.get("precision"), str(kwargs["accelerator"]))
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
+    kwargs.setdefault("default_root_dir", str(run_dir))
+    return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
+
+
+def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
+    module = ClassificationModule(
+        model=instantiate(cfg.model),
+        num_classes=datamodule.num_classes,
+        channels=datamodule.channels,
+        image_size=datamodule.image_size,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
+        class_names=datamodule.class_names,
+        **cfg.module,
+    )
+    module.run_config = OmegaConf.to_container(cfg)
+    return module
+
+
+def _best_val(trainer: L.Trainer) -> float | None:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    value = trainer.callback_metrics.get("val_acc")
+    return None if value is None else float(value)
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
+            return cb.best_model_path
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test as ``cfg`` says; return the results also written to results.json.
+
+    results.json exists from the start with ``status: running`` and ends as ``completed``,
+    ``failed`` (with the error) or ``interrupted``, whatever happens in between.
+    """
+    start = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / RESULTS_FILE).exists():
+        raise CnnlabError(
+            f"{run_dir} already holds a run (it has a {RESULTS_FILE}), and cnnlab never writes "
+            "over a run. Leave hydra.run.dir at its default (a new directory per run) or name an "
+            "empty one; to continue that run, start a new one with "
+            "resume=<its checkpoints/last.ckpt>."
+        )
+    results: dict[str, Any] = {"name": cfg.name, "status": "running", "run_dir": str(run_dir)}
+    write_json(run_dir / RESULTS_FILE, results)
+    trainer = None
+    try:
+        cfg = validate(cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        module = build_module(cfg, datamodule)
+        results["params"] = sum(p.numel() for p in module.model.parameters())
+        trainer = build_trainer(cfg, run_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+        results["epochs"] = trainer.current_epoch
+        results["best_val_acc"] = _best_val(trainer)
+        if cfg.test:
+            best = _best_checkpoint(trainer)
+            results["tested_checkpoint"] = best
+            metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+            results.update({k: float(v) for k, v in metrics.items()})
+            results.update(module.test_report)
+        results["status"] = "completed"
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
+        results["status"] = "interrupted"
+        raise
+    except MisconfigurationException as e:
+        results.update(status="failed", error=str(e))
+        raise CnnlabError(f"Lightning rejected the trainer config: {e}") from None
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        results["wall_time_s"] = time.perf_counter() - start
+        if trainer is None or trainer.global_rank == 0:
+            write_json(run_dir / RESULTS_FILE, results)
+            print_summary(results)
+        finish_wandb(0 if results["status"] == "completed" else 1)
+    return results

@@ -1,0 +1,95 @@
+"""Composition of every config option, and the errors a user sees for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cnnlab.config import validate
+from conftest import CONF, run_cli
+
+GROUPS = [
+    p.name
+    for p in sorted(CONF.iterdir())
+    if p.is_dir() and p.name not in ("hydra",) and any(p.glob("*.yaml"))
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_an_option():
+    expected = {
+        "model", "data", "augmentation", "transfer", "optimizer", "scheduler", "trainer",
+        "logger", "callbacks", "paths", "experiment", "debug",
+    }  # fmt: skip
+    assert expected <= set(GROUPS)
+    assert (CONF / "hydra" / "default.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_option_composes_and_validates(compose_cfg, image_tree, group, option):
+    extra = [f"data.root={image_tree}"] if option == "image_folder" else []
+    cfg = validate(compose_cfg([f"{group}={option}", *extra]))
+    assert cfg.data.num_classes >= 2
+    if group == "model":
+        model = instantiate(cfg.model).eval()
+        size = cfg.data.image_size
+        with torch.no_grad():
+            logits = model(torch.randn(2, cfg.data.channels, size, size))
+        assert logits.shape == (2, cfg.data.num_classes)
+
+
+def test_image_folder_counts_classes_from_the_tree(compose_cfg, image_tree):
+    cfg = validate(compose_cfg(["data=image_folder", f"data.root={image_tree}"]))
+    assert cfg.data.num_classes == 3
+    assert cfg.model.num_classes == 3 and cfg.model.in_chans == 3
+
+
+def _fails_cleanly(proc, *expected: str) -> str:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
+    assert "Traceback" not in text, text
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in:\n{text}"
+    return text
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        # Misspelt key of a schema group: Hydra names it and says how to add keys.
+        ("optimizer.lrr=0.1", ["optimizer.lrr"]),
+        # Added key that the schema does not have.
+        ("+optimizer.lrr=0.1", ["lrr", "OptimizerConfig"]),
+        # Wrong type for a Trainer argument (schema derived from Lightning's signature).
+        ("trainer.max_epochs=three", ["max_epochs", "three"]),
+        # An enum-valued key lists what it accepts.
+        ("optimizer.name=adam", ["adam", "sgd", "adamw"]),
+        # Unknown option of a group lists the valid options.
+        ("model=resnet_huge", ["resnet_huge", "resnet_small", "resnet20"]),
+    ],
+)
+def test_bad_config_fails_at_compose_time(tmp_path, override, expected):
+    proc = run_cli([override, "debug=fdr"], cwd=tmp_path)
+    _fails_cleanly(proc, *expected)
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("+model.widht=8", ["model.widht", "widths", "cnnlab.models.resnet.ResNet"]),
+        ("model.stem_pool=maybe", ["model.stem_pool", "maybe"]),
+        ("data.batch_size=big", ["data.batch_size", "big"]),
+    ],
+)
+def test_bad_target_argument_is_one_paragraph(tmp_path, override, expected):
+    proc = run_cli([override, "debug=fdr"], cwd=tmp_path)
+    text = _fails_cleanly(proc, *expected)
+    assert proc.returncode == 2
+    assert text.strip().startswith("cnnlab: error:") or "cnnlab: error:" in text

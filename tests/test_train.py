@@ -1,0 +1,103 @@
+"""End-to-end training through the real command line on real Fashion-MNIST data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import needs_fmnist, read_results, run_cli, run_dirs
+
+RESULT_KEYS = {"test_acc", "best_val_acc", "epochs", "wall_time_s", "params", "status", "run_dir"}
+
+
+def _digest(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@needs_fmnist
+def test_fast_dev_run_of_the_default_experiment(tmp_path):
+    proc = run_cli(["debug=fdr"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = run_dirs(tmp_path)
+    results = read_results(run_dir)
+    assert results.keys() >= RESULT_KEYS
+    assert results["status"] == "completed"
+    assert 0.0 <= results["test_acc"] <= 1.0
+    assert results["params"] > 10_000
+    assert results["run_dir"] == str(run_dir)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "run_dir" in proc.stdout and "test_acc" in proc.stdout
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_short_training_learns_fashion_mnist(tmp_path):
+    """~250 SGD steps on 3,000 real training images: far above the 10% of chance."""
+    proc = run_cli(
+        [
+            "name=learns",
+            "data.samples_per_class=300",
+            "data.batch_size=100",
+            "data.val_size=1000",
+            "trainer.max_epochs=8",
+            "optimizer.lr=0.05",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = run_dirs(tmp_path)
+    results = read_results(run_dir)
+    assert results["status"] == "completed"
+    assert results["epochs"] == 8
+    assert results["test_acc"] >= 0.70, results
+    assert results["best_val_acc"] >= 0.70, results
+    # Per-class accuracy and the confusion matrix of the test set come with the class names.
+    assert set(results["per_class_acc"]) >= {"Trouser", "Ankle boot"}
+    assert sum(map(sum, results["confusion_matrix"])) == 10_000
+    # Checkpoints: last.ckpt and the best one by validation accuracy; CSV metrics per epoch.
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "val_acc" in metrics.splitlines()[0] and "train_loss_epoch" in metrics
+
+
+@needs_fmnist
+def test_failed_run_is_recorded_and_earlier_runs_are_untouched(tmp_path):
+    first = run_cli(["debug=fdr", "name=same"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    [earlier] = run_dirs(tmp_path)
+    before = _digest(earlier)
+
+    failed = run_cli(["debug=fdr", "name=same", "trainer.accelerator=tpu"], cwd=tmp_path)
+    assert failed.returncode == 2
+    assert "tpu" in failed.stderr and "Traceback" not in failed.stderr
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 2
+    [new] = [d for d in dirs if d != earlier]
+    results = read_results(new)
+    assert results["status"] == "failed" and "tpu" in results["error"]
+    assert _digest(earlier) == before
+
+    # Pointing a run at an existing run dir is refused before anything is written.
+    again = run_cli(["debug=fdr", f"hydra.run.dir={earlier}"], cwd=tmp_path)
+    assert again.returncode == 2 and "never writes over" in again.stderr
+    assert json.loads((earlier / "results.json").read_text())["status"] == "completed"
+
+
+@needs_fmnist
+def test_many_loggers_write_csv_tensorboard_and_offline_wandb(tmp_path):
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc")}
+    proc = run_cli(["debug=limit", "logger=many", "trainer.max_epochs=1"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = run_dirs(tmp_path)
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, list(run_dir.rglob("*"))
+    assert read_results(run_dir)["status"] == "completed"
