@@ -36,9 +36,10 @@ needs_fmnist = pytest.mark.skipif(
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Run ``python -m cnnlab.train ARGS`` in ``cwd`` the way a user would; return the process."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    """Run ``python -m cnnlab.train ARGS`` in ``cwd`` the way a user would; return the process.
+    ``env`` adds variables to the environment; a value of None removes one."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None unsets a variable
     return subprocess.run(
         [sys.executable, "-m", "cnnlab.train", *args],
         cwd=cwd,
@@ -70,6 +71,8 @@ def compose_cfg(tmp_path):
                 cfg.hydra.runtime.output_dir = str(tmp_path / "run")
                 cfg.hydra.runtime.cwd = str(tmp_path)
             HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                del cfg["hydra"]  # a task function never sees it either
             return cfg
 
         yield _compose

@@ -74,14 +74,15 @@ def test_failed_run_is_recorded_and_earlier_runs_are_untouched(tmp_path):
     [earlier] = run_dirs(tmp_path)
     before = _digest(earlier)
 
-    failed = run_cli(["debug=fdr", "name=same", "trainer.accelerator=tpu"], cwd=tmp_path)
+    failed = run_cli(["debug=fdr", "name=same", "trainer.accelerator=gpuu"], cwd=tmp_path)
     assert failed.returncode == 2
-    assert "tpu" in failed.stderr and "Traceback" not in failed.stderr
+    assert "trainer.accelerator=gpuu" in failed.stderr and "cpu" in failed.stderr
+    assert "Traceback" not in failed.stderr
     dirs = run_dirs(tmp_path)
     assert len(dirs) == 2
     [new] = [d for d in dirs if d != earlier]
     results = read_results(new)
-    assert results["status"] == "failed" and "tpu" in results["error"]
+    assert results["status"] == "failed" and "gpuu" in results["error"]
     assert _digest(earlier) == before
 
     # Pointing a run at an existing run dir is refused before anything is written.
@@ -92,7 +93,7 @@ def test_failed_run_is_recorded_and_earlier_runs_are_untouched(tmp_path):
 
 @needs_fmnist
 def test_many_loggers_write_csv_tensorboard_and_offline_wandb(tmp_path):
-    env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc")}
+    env = {"WANDB_API_KEY": None, "WANDB_MODE": None, "NETRC": str(tmp_path / "no-netrc")}
     proc = run_cli(["debug=limit", "logger=many", "trainer.max_epochs=1"], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [run_dir] = run_dirs(tmp_path)

@@ -155,6 +155,7 @@ def _trainer_schema() -> type:
     return dataclasses.make_dataclass("TrainerConfig", keep)
 
 
+@functools.cache
 def train_schema() -> type:
     trainer = _trainer_schema()
     return dataclasses.make_dataclass(
@@ -259,11 +260,23 @@ def _walk_targets(node: Any, where: str) -> None:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Resolve every interpolation and check each ``_target_`` node against its signature."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        container = OmegaConf.to_container(
+            cfg, resolve=True, throw_on_missing=True, enum_to_str=True
+        )
     except OmegaConfBaseException as e:
         raise CnnlabError(f"Incomplete config: {str(e).splitlines()[0]} ({e.full_key}).") from None
+    resolved = OmegaConf.create(container)
+    try:
+        # Hydra's "+key=value" may add keys to a schema node; merging into the schema catches them.
+        OmegaConf.merge(OmegaConf.structured(train_schema()), resolved)
+    except OmegaConfBaseException as e:
+        raise CnnlabError(f"Bad config value {e.full_key}: {str(e).splitlines()[0]}.") from None
+    if resolved.resume and not Path(resolved.resume).is_file():
+        raise CnnlabError(
+            f"resume={resolved.resume!r} is not a file. Give the path of a checkpoint, e.g. "
+            "outputs/<date>/<time>_<name>/checkpoints/last.ckpt."
+        )
     for group in ("model", "data", "augmentation", "logger", "callbacks"):
         _walk_targets(resolved.get(group), group)
     return resolved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from cnnlab.results import RESULTS_FILE, print_summary, write_json
 
 log = logging.getLogger(__name__)
 
+# Lightning's advice that does not apply here: in-memory data sets batch by indexing and need no
+# workers, and cnnlab preprocesses in the LightningModule's on_after_batch_transfer on purpose.
+for _message in ("does not have many workers", "overridden `on_after_batch_transfer`", "LeafSpec"):
+    warnings.filterwarnings("ignore", message=f".*{_message}.*")
+
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
     """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 elsewhere (CPUs without
@@ -38,7 +44,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
     kwargs.setdefault("default_root_dir", str(run_dir))
-    return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
+    try:
+        return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
+    except (ValueError, ImportError, MisconfigurationException) as e:
+        chosen = ", ".join(
+            f"trainer.{k}={kwargs.get(k)}"
+            for k in ("accelerator", "devices", "strategy", "precision")
+        )
+        raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
 
 
 def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
@@ -112,9 +125,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
         results["status"] = "interrupted"
         raise
-    except MisconfigurationException as e:
+    except (CnnlabError, MisconfigurationException) as e:
         results.update(status="failed", error=str(e))
-        raise CnnlabError(f"Lightning rejected the trainer config: {e}") from None
+        raise CnnlabError(str(e)) from None
     except BaseException as e:
         results.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise

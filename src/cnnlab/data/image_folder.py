@@ -130,6 +130,7 @@ class ImageFolder(ImageDataModule):
             )
         splits = {}
         positions = list(range(len(paths)))
+        share_left = 1.0  # fractions are of the whole tree, not of what is left
         for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
             folder = self.root / split
             if has_train_dir and folder.is_dir():
@@ -138,7 +139,10 @@ class ImageFolder(ImageDataModule):
                     split_paths, split_labels, self.channels, self.image_size
                 )
             else:
-                kept, held = stratified_split([labels[i] for i in positions], fraction, self.seed)
+                kept, held = stratified_split(
+                    [labels[i] for i in positions], fraction / share_left, self.seed
+                )
+                share_left -= fraction
                 splits[split] = self._files(paths, labels, [positions[i] for i in held])
                 positions = [positions[i] for i in kept]
         if self.samples_per_class:

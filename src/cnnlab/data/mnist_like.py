@@ -80,7 +80,10 @@ class MNISTLike(ImageDataModule):
         dirs = []
         if self.root is not None:
             dirs += [self.root, self.root / self.torchvision_name / "raw"]
-        return [*dirs, Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets")) / self.system_dir]
+        return [
+            *dirs,
+            Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets")) / self.system_dir,
+        ]
 
     def locate(self) -> dict[str, Path]:
         """Paths of the four IDX files; downloads them if allowed and nothing local is found."""
@@ -100,8 +103,8 @@ class MNISTLike(ImageDataModule):
             "holding the four original IDX files (or torchvision's layout root/"
             f"{self.torchvision_name}/raw); (2) install the Debian package "
             f"{self.debian_package} (apt-get install {self.debian_package}), which puts them in "
-            f"/usr/share/datasets/{self.system_dir}; (3) run once with network access so torchvision can download "
-            "them into data.root."
+            f"/usr/share/datasets/{self.system_dir}; (3) run once with network access so "
+            "torchvision can download them into data.root."
         )
 
     def _download(self) -> str:
