@@ -55,12 +55,14 @@ class ClassificationModule(L.LightningModule):
         self.channels_last = channels_last
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
-        top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # Top-5 accuracy is only informative with more than five classes to choose from.
+        self.top5 = num_classes > 5
+        if self.top5:
+            self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
@@ -102,19 +104,22 @@ class ClassificationModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
-        self.val_acc_top5.update(logits, y)
         self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
-        self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
+        if self.top5:
+            self.val_acc_top5.update(logits, y)
+            self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        for metric in (self.test_acc, self.test_acc_top5, self.test_per_class, self.test_confusion):
+        for metric in (self.test_acc, self.test_per_class, self.test_confusion):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
-        self.log("test_acc_top5", self.test_acc_top5, on_epoch=True)
+        if self.top5:
+            self.test_acc_top5.update(logits, y)
+            self.log("test_acc_top5", self.test_acc_top5, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute().tolist()

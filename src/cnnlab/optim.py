@@ -8,6 +8,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from cnnlab.config import OptimizerName, SchedulerName
+
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list:
     """Trainable parameters, split so that weight decay skips BatchNorm scales and biases."""
@@ -24,7 +26,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
-    if cfg.name == "sgd":
+    if OptimizerName(cfg.name) is OptimizerName.sgd:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
@@ -33,10 +35,10 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-step schedule. ``warmup_epochs`` of linear warm-up precede cosine and step decay."""
-    name = cfg.name
-    if name == "none":
+    name = SchedulerName(cfg.name)  # accepts the enum member and its string value alike
+    if name is SchedulerName.none:
         return None
-    if name == "onecycle":
+    if name is SchedulerName.onecycle:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
@@ -51,7 +53,7 @@ def build_scheduler(
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if name == "step":
+        if name is SchedulerName.step:
             return cfg.gamma ** (step // step_every)
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
