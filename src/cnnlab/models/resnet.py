@@ -1,9 +1,23 @@
-"""Residual networks.
+"""Residual networks, their plain twins and SE-ResNets.
 
-He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition" (CVPR 2016): section 3.2
-(identity shortcuts, projection shortcuts when the shape changes) and section 4.2 (the CIFAR
-networks: a 3x3 stem, three stages of widths 16/32/64 at decreasing resolution, global average
-pooling and one fully connected layer).
+He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition" (CVPR 2016):
+
+- section 3.3 and table 1: the ImageNet networks. A 7x7 stride-2 stem and a 3x3 stride-2 max
+  pool, four stages of widths 64/128/256/512 (each after the first halves the resolution),
+  global average pooling and one fully connected layer. ResNet-18/34 stack basic blocks (two 3x3
+  convolutions), ResNet-50/101/152 bottleneck blocks (1x1 reduce, 3x3, 1x1 expand to 4x the
+  width). Shortcuts are identities, or projections where the shape changes (option B).
+- section 4.2: the CIFAR networks. A 3x3 stem and three stages of widths 16/32/64 with n basic
+  blocks each (6n+2 layers), whose shortcuts are identities that subsample and pad the extra
+  channels with zeros (option A), so that they add no parameter.
+- section 4.1: the plain networks, the same layers without any shortcut, which degrade as they
+  get deeper.
+
+Hu, Shen and Sun, "Squeeze-and-Excitation Networks" (CVPR 2018), figure 3: the SE-ResNet block
+rescales the channels of the residual branch before the addition.
+
+Module names follow torchvision's ``resnet.py`` (and timm's for the SE module), so their state
+dicts load as they are.
 """
 
 from __future__ import annotations
@@ -11,47 +25,177 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from cnnlab.models.se import SqueezeExcitation
+
+STEMS = ("cifar", "imagenet")
+SHORTCUTS = ("A", "B")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with BatchNorm; the input is added back before the last ReLU."""
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: the identity, subsampled by ``stride`` and padded with ``extra_channels`` zero
+    channels, so that it matches a block that widens and downsamples without any parameter."""
+
+    def __init__(self, extra_channels: int, stride: int) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            # Projection shortcut (option B of section 3.3): a strided 1x1 convolution.
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-        # Starting each residual branch at zero makes the block an identity at initialisation
-        # (Goyal et al. 2017), which speeds up early training of small networks.
-        nn.init.zeros_(self.bn2.weight)
+        self.extra_channels = extra_channels
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def shortcut_for(in_channels: int, out_channels: int, stride: int, option: str) -> nn.Module:
+    """The shortcut of a block: the identity when the shape is kept, else option A or B."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    if option == "A":
+        return ZeroPadShortcut(out_channels - in_channels, stride)
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class Block(nn.Module):
+    """What basic and bottleneck blocks share: ReLU(SE(F(x)) + shortcut(x)), or ReLU(SE(F(x)))
+    in a plain network; subclasses define the residual branch F and ``last_bn``, its last
+    BatchNorm."""
+
+    expansion: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        shortcut: str,
+        plain: bool,
+        se_reduction: int | None,
+    ) -> None:
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+        self.se: nn.Module = (
+            nn.Identity() if se_reduction is None else SqueezeExcitation(out_channels, se_reduction)
+        )
+        self.downsample: nn.Module | None = (
+            None if plain else shortcut_for(in_channels, out_channels, stride, shortcut)
+        )
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        raise NotImplementedError
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.se(self.residual(x))
+        if self.downsample is not None:
+            out = out + self.downsample(x)
+        return self.relu(out)
+
+
+class BasicBlock(Block):
+    """Two 3x3 convolutions, the first one strided (table 1, ResNet-18/34; section 4.2)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        shortcut: str,
+        plain: bool,
+        se_reduction: int | None,
+    ) -> None:
+        super().__init__(in_channels, width, stride, shortcut, plain, se_reduction)
+        self.conv1 = conv3x3(in_channels, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.bn2(self.conv2(out))
+
+
+class Bottleneck(Block):
+    """1x1 down to ``width``, 3x3, 1x1 up to ``4 * width`` (figure 5 right, ResNet-50/101/152).
+
+    The stride sits on the 3x3 convolution, not on the first 1x1 as in the paper: torchvision's
+    "ResNet v1.5" (and timm's) does so, because a strided 1x1 convolution ignores three quarters
+    of its input.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        shortcut: str,
+        plain: bool,
+        se_reduction: int | None,
+    ) -> None:
+        out_channels = width * self.expansion
+        super().__init__(in_channels, out_channels, stride, shortcut, plain, se_reduction)
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+
+BLOCKS: dict[str, type[Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
-    """A stem, ``len(widths)`` stages of basic blocks (each after the first halves the
-    resolution), global average pooling and a linear classifier.
+    """A stem, ``len(widths)`` stages of ``blocks[i]`` blocks (each stage after the first halves
+    the resolution in its first block), global average pooling and a linear classifier.
 
-    ``stem_pool`` adds a 2x2 max pooling after the stem: the cheap option for small inputs on a
-    CPU, since every later layer then works on a quarter of the pixels.
+    - ``block``: "basic" or "bottleneck"; ``widths`` are the bottleneck widths, a stage puts
+      out 4x as many channels.
+    - ``stem``: "cifar" (3x3 convolution, stride 1) or "imagenet" (7x7, stride 2), of
+      ``widths[0]`` channels. ``stem_pool`` adds a max pooling that halves the resolution: the
+      3x3 stride-2 one of table 1 after the ImageNet stem; a 2x2 one after the CIFAR stem, the
+      cheap option for small inputs on a CPU, since every later layer then works on a quarter of
+      the pixels.
+    - ``shortcut``: "A" (zero-padding identity, no parameter) or "B" (1x1 projection with
+      BatchNorm) where a block changes the shape; identities elsewhere.
+    - ``plain``: no shortcut at all (section 4.1).
+    - ``se_reduction``: squeeze-and-excitation with this reduction ratio in every block.
+    - ``zero_init_residual``: start each block's last BatchNorm scale at zero, so that every
+      residual block is an identity at initialisation (Goyal et al. 2017), which speeds up early
+      training; torchvision leaves it off by default.
     """
+
+    # The 2x2 stem pool needs two pixels; every later layer pads, so a 1x1 map goes through.
+    min_input_size = 2
 
     def __init__(
         self,
@@ -59,34 +203,62 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         widths: Sequence[int] = (16, 32, 64),
         blocks: Sequence[int] = (3, 3, 3),
+        block: str = "basic",
+        stem: str = "cifar",
         stem_pool: bool = False,
+        shortcut: str = "B",
+        plain: bool = False,
+        se_reduction: int | None = None,
+        zero_init_residual: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if len(widths) != len(blocks):
             raise ValueError(f"widths {list(widths)} and blocks {list(blocks)} differ in length")
-        stem: list[nn.Module] = [
-            conv3x3(in_chans, widths[0]),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        ]
-        if stem_pool:
-            stem.append(nn.MaxPool2d(2))
-        self.stem = nn.Sequential(*stem)
-        stages, in_channels = [], widths[0]
+        if block not in BLOCKS:
+            raise ValueError(f"block={block!r}: choose one of {', '.join(BLOCKS)}")
+        if stem not in STEMS:
+            raise ValueError(f"stem={stem!r}: choose one of {', '.join(STEMS)}")
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut={shortcut!r}: choose one of {', '.join(SHORTCUTS)}")
+        if plain and zero_init_residual:
+            raise ValueError(
+                "zero_init_residual would make every block of a plain network output zeros"
+            )
+        block_cls = BLOCKS[block]
+
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
+            pool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = conv3x3(in_chans, widths[0])
+            pool = nn.MaxPool2d(2)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = pool if stem_pool else nn.Identity()
+
+        in_channels = widths[0]
         for i, (width, depth) in enumerate(zip(widths, blocks, strict=True)):
-            layers = [BasicBlock(in_channels, width, stride=1 if i == 0 else 2)]
-            layers += [BasicBlock(width, width) for _ in range(depth - 1)]
-            stages.append(nn.Sequential(*layers))
-            in_channels = width
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+            layers = []
+            for j in range(depth):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(block_cls(in_channels, width, stride, shortcut, plain, se_reduction))
+                in_channels = width * block_cls.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+        self.num_stages = len(widths)
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels, num_classes)
+
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, Block) and zero_init_residual:
+                nn.init.zeros_(m.last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
