@@ -86,10 +86,12 @@ def test_bad_config_fails_at_compose_time(tmp_path, override, expected):
         ("+model.widht=8", ["model.widht", "widths", "cnnlab.models.resnet.ResNet"]),
         ("model.stem_pool=maybe", ["model.stem_pool", "maybe"]),
         ("data.batch_size=big", ["data.batch_size", "big"]),
+        # An error raised inside a model constructor reaches the user the same way.
+        ("model=torchvision model.name=resnet181", ["resnet181", "Close matches: resnet18"]),
     ],
 )
 def test_bad_target_argument_is_one_paragraph(tmp_path, override, expected):
-    proc = run_cli([override, "debug=fdr"], cwd=tmp_path)
+    proc = run_cli([*override.split(), "debug=fdr"], cwd=tmp_path)
     text = _fails_cleanly(proc, *expected)
     assert proc.returncode == 2
     assert text.strip().startswith("cnnlab: error:") or "cnnlab: error:" in text

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -85,6 +86,16 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+def _user_error(e: Exception) -> str | None:
+    """The message of an error in the user's input (also when hydra.utils.instantiate wrapped
+    it); None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, (CnnlabError, MisconfigurationException)):
+        return str(e)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as ``cfg`` says; return the results also written to results.json.
 
@@ -125,11 +136,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
         results["status"] = "interrupted"
         raise
-    except (CnnlabError, MisconfigurationException) as e:
-        results.update(status="failed", error=str(e))
-        raise CnnlabError(str(e)) from None
-    except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+    except Exception as e:
+        user_error = _user_error(e)
+        results.update(status="failed", error=user_error or f"{type(e).__name__}: {e}")
+        if user_error:
+            raise CnnlabError(user_error) from None
         raise
     finally:
         results["wall_time_s"] = time.perf_counter() - start
