@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from hydra.utils import instantiate
 
 from cnnlab.config import validate
 from conftest import CONF, run_cli
@@ -36,12 +34,8 @@ def test_option_composes_and_validates(compose_cfg, image_tree, group, option):
     extra = [f"data.root={image_tree}"] if option == "image_folder" else []
     cfg = validate(compose_cfg([f"{group}={option}", *extra]))
     assert cfg.data.num_classes >= 2
-    if group == "model":
-        model = instantiate(cfg.model).eval()
-        size = cfg.data.image_size
-        with torch.no_grad():
-            logits = model(torch.randn(2, cfg.data.channels, size, size))
-        assert logits.shape == (2, cfg.data.num_classes)
+    # Each model config's forward pass and training step: tests/test_model_configs.py.
+    assert cfg.model._target_
 
 
 def test_image_folder_counts_classes_from_the_tree(compose_cfg, image_tree):
