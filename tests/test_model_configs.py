@@ -11,7 +11,25 @@ from cnnlab.config import validate
 from cnnlab.run import train
 from conftest import CONF, needs_fmnist
 
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("cost_"))
+# Larger siblings of a config whose code path they share (same classes, more or wider layers).
+# Their fast_dev_runs take minutes on a 2-core CPU: `make test-all` runs them, `make test` not.
+SCALED_SIBLINGS = {
+    *(f"efficientnet_b{i}" for i in range(1, 8)),  # efficientnet_b0
+    "resnet101", "resnet152",  # resnet50
+    "resnet32", "resnet44", "resnet56", "resnet110",  # resnet20
+    "plain56",  # plain20
+    "vgg13", "vgg19", "vgg16_bn",  # vgg11, vgg16, vgg11_bn
+}  # fmt: skip
+MODELS = [
+    pytest.param(name, marks=pytest.mark.heavy) if name in SCALED_SIBLINGS else name
+    for name in sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    if not name.startswith("cost_")  # layers from the source texts' cost arithmetic
+]
+
+
+def test_siblings_are_real_configs():
+    names = {p.stem for p in (CONF / "model").glob("*.yaml")}
+    assert names >= SCALED_SIBLINGS
 
 
 @needs_fmnist

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -12,7 +13,17 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (optionally gzip-compressed) into a tensor of its stored shape."""
+    """Read an IDX file (optionally gzip-compressed) into a tensor of its stored shape.
+
+    Files are cached per process (keyed by path and modification time), so that the runs of a
+    sweep in one process decompress them once. Treat the tensor as read-only.
+    """
+    return _read_idx(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx(name: str, mtime_ns: int) -> torch.Tensor:
+    path = Path(name)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
