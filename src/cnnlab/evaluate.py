@@ -1,0 +1,208 @@
+"""``cnnlab-eval``: a trained model's test-set accuracy, per class and as a confusion matrix.
+
+By default the run's own test split with its own config, so that top-1 reproduces the run's
+results.json; ``data=<option>`` and ``data.<key>=<value>`` evaluate on another data set's test
+split, ``eval.tta=flip`` averages the logits of each image and its mirror image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from cnnlab.checkpoint import Trained, add_common_arguments, command, load, load_test_split
+from cnnlab.config import register
+from cnnlab.errors import CnnlabError
+from cnnlab.results import write_json
+from cnnlab.train import config_dir
+
+TTA_CHOICES = ("none", "flip")
+# Beyond this many classes the confusion matrix goes to the JSON and PNG only, not the terminal.
+PRINTED_CLASSES = 20
+
+
+def parse_overrides(overrides: list[str]) -> tuple[str | None, list[str], str]:
+    """(data option, data.<key>=<value> overrides, TTA) from Hydra-style ``key=value`` args."""
+    option, data_keys, tta = None, [], "none"
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CnnlabError(
+                f"{item!r} is not key=value: cnnlab-eval takes data=<option>, "
+                "data.<key>=<value> and eval.tta=none|flip."
+            )
+        if key == "data":
+            option = value
+        elif key.startswith("data."):
+            data_keys.append(item)
+        elif key == "eval.tta" and value in TTA_CHOICES:
+            tta = value
+        else:
+            raise CnnlabError(
+                f"{item!r}: cnnlab-eval takes data=<option>, data.<key>=<value> "
+                f"and eval.tta={'|'.join(TTA_CHOICES)}."
+            )
+    return option, data_keys, tta
+
+
+def data_config(run_config: DictConfig, option: str | None, data_keys: list[str]) -> DictConfig:
+    """The run config with its data node replaced by conf/data/<option>.yaml and/or overridden,
+    resolved in the context of the run (its seed and paths)."""
+    cfg = run_config.copy()
+    if option is not None:
+        path = Path(config_dir()) / "data" / f"{option}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+            raise CnnlabError(f"data={option}: there is no {path}. Options: {known}.")
+        cfg.data = OmegaConf.load(path)
+        # The model takes the run's channels and size, whatever the other data set stores.
+        cfg.data.channels, cfg.data.image_size = (
+            run_config.data.channels,
+            run_config.data.image_size,
+        )
+    register()
+    try:
+        cfg.data = OmegaConf.merge(cfg.data, OmegaConf.from_dotlist(data_keys).get("data", {}))
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except OmegaConfBaseException as e:
+        raise CnnlabError(f"Bad data config: {str(e).splitlines()[0]}.") from None
+
+
+def evaluate(trained: Trained, datamodule, flip: bool = False) -> dict:
+    """Top-1, top-5, per-class accuracy, confusion matrix and every prediction on the test split,
+    computed by the same torchmetrics classes and batches as the run's test."""
+    n = len(trained.class_names)
+    if datamodule.num_classes != n:
+        raise CnnlabError(
+            f"The data set has {datamodule.num_classes} classes but the model of "
+            f"{trained.checkpoint} predicts {n}; evaluate it on data with the same classes."
+        )
+    device = trained.device
+    top1 = MulticlassAccuracy(n, average="micro").to(device)
+    top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro").to(device)
+    per_class = MulticlassAccuracy(n, average=None).to(device)
+    confusion = MulticlassConfusionMatrix(n).to(device)
+    predictions = []
+    for images, labels in datamodule.test_dataloader():
+        logits, labels = trained.logits(images, flip=flip), labels.to(device)
+        for metric in (top1, top5, per_class, confusion):
+            metric.update(logits, labels)
+        predictions += logits.argmax(1).tolist()
+    return {
+        "test_acc": float(top1.compute()),
+        "test_acc_top5": float(top5.compute()),
+        "per_class_acc": dict(zip(trained.class_names, per_class.compute().tolist(), strict=True)),
+        "confusion_matrix": confusion.compute().tolist(),
+        "class_names": trained.class_names,
+        "predictions": predictions,
+    }
+
+
+def plot_confusion(matrix: list[list[int]], class_names: list[str], title: str, path: Path):
+    """Rows (true classes) coloured by their share, so that rare classes show as clearly."""
+    counts = [[int(c) for c in row] for row in matrix]
+    shares = [[c / max(1, sum(row)) for c in row] for row in counts]
+    n = len(class_names)
+    size = max(5.0, 0.45 * n + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if n <= PRINTED_CLASSES:
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                colour = "white" if shares[i][j] > 0.5 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def print_report(report: dict) -> None:
+    console = Console(soft_wrap=True)
+    console.print(
+        f"test_acc (top-1) {report['test_acc']:.4f}   test_acc_top5 {report['test_acc_top5']:.4f}"
+        f"   on {len(report['predictions'])} test images"
+    )
+    names = report["class_names"]
+    show_matrix = len(names) <= PRINTED_CLASSES
+    # Borderless with narrow gaps: a 10-class matrix fits an 80-column terminal or log.
+    table = Table(
+        title="per-class accuracy"
+        + (", confusion matrix: true class x predicted class" if show_matrix else ""),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("true class", no_wrap=True)
+    table.add_column("acc", justify="right")
+    if show_matrix:
+        for j in range(len(names)):
+            table.add_column(str(j), justify="right")
+    for i, name in enumerate(names):
+        cells = [str(c) for c in report["confusion_matrix"][i]] if show_matrix else []
+        table.add_row(f"{i} {name}", f"{report['per_class_acc'][name]:.3f}", *cells)
+    console.print(table)
+
+
+def output_stem(checkpoint: Path, overrides: list[str]) -> Path:
+    """<checkpoint>.eval, or <checkpoint>.eval-<hash of the overrides> for other settings, so
+    that evaluations with different data or TTA never overwrite each other."""
+    stem = checkpoint.with_suffix("")
+    if not overrides:
+        return stem.with_name(stem.name + ".eval")
+    digest = hashlib.sha1(" ".join(sorted(overrides)).encode()).hexdigest()[:8]
+    return stem.with_name(f"{stem.name}.eval-{digest}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab-eval",
+        description="Evaluate a trained cnnlab model on its run's test split (or another data "
+        "set's): top-1/top-5, per-class accuracy, confusion matrix, written beside the "
+        "checkpoint as <checkpoint>.eval.json and .png.",
+    )
+    add_common_arguments(parser)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="data=<conf/data option>, data.<key>=<value>, eval.tta=none|flip",
+    )
+    return parser.parse_intermixed_args(argv)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    option, data_keys, tta = parse_overrides(args.overrides)
+    trained = load(args.source, args.device)
+    config = data_config(trained.config, option, data_keys)
+    report = evaluate(trained, load_test_split(config), flip=tta == "flip")
+    report.update(checkpoint=str(trained.checkpoint), overrides=args.overrides, tta=tta)
+    print_report(report)
+    stem = output_stem(trained.checkpoint, args.overrides)
+    json_path, png_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".png")
+    write_json(json_path, report)
+    title = f"{trained.run_dir.name}: top-1 {report['test_acc']:.4f}"
+    plot_confusion(report["confusion_matrix"], report["class_names"], title, png_path)
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
