@@ -33,5 +33,7 @@ def print_summary(results: dict[str, Any]) -> None:
             value = f"{value:.4f}"
         table.add_row(key, str(value))
     table.add_row("wall_time_s", f"{results['wall_time_s']:.1f}")
-    table.add_row("run_dir", str(results["run_dir"]))
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    # On a line of its own, so that it is never cut and can be copied.
+    console.print(f"run_dir: {results['run_dir']}", highlight=False)

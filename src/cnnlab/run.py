@@ -146,6 +146,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["wall_time_s"] = time.perf_counter() - start
         if trainer is None or trainer.global_rank == 0:
             write_json(run_dir / RESULTS_FILE, results)
+        if trainer is not None and trainer.global_rank == 0:
+            # A run that never got to train ends with its error message alone.
             print_summary(results)
         finish_wandb(0 if results["status"] == "completed" else 1)
     return results
