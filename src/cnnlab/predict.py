@@ -16,11 +16,7 @@ from rich.table import Table
 
 from cnnlab.checkpoint import Trained, add_common_arguments, command, load
 from cnnlab.data.image_folder import EXTENSIONS, ImageFiles
-from cnnlab.data.mnist_like import MNISTLike
 from cnnlab.errors import CnnlabError
-
-# The stored format of every MNIST-family data set: 28x28 grey levels.
-MNIST_CHANNELS, MNIST_SIZE = 1, 28
 
 
 @dataclass
@@ -60,14 +56,14 @@ def find_images(specs: list[str]) -> Images:
 
 def stored_format(trained: Trained) -> tuple[int, int]:
     """(channels, size) at which the run's data module decoded images before the module's own
-    preprocessing: MNIST-family sets store 28x28 grey images whatever size the model takes, an
-    image folder decodes straight to the model's channels and size."""
+    preprocessing: its ``stored_format`` (MNIST-family sets store 28x28 grey images whatever
+    size the model takes), else the model's channels and size, as an image folder decodes."""
     data = trained.config.data
     try:
-        mnist_like = issubclass(get_class(data._target_), MNISTLike)
+        fixed = get_class(data._target_).stored_format
     except Exception:  # a data module this version does not have: decode as an image folder
-        mnist_like = False
-    return (MNIST_CHANNELS, MNIST_SIZE) if mnist_like else (data.channels, data.image_size)
+        fixed = None
+    return tuple(fixed) if fixed else (data.channels, data.image_size)
 
 
 def decode(trained: Trained, paths: list[Path]) -> tuple[list[Path], torch.Tensor, list]:

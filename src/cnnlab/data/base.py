@@ -73,6 +73,10 @@ class ImageDataModule(L.LightningDataModule):
     ``mean``/``std`` in ``setup``. ``channels`` and ``image_size`` say what the model receives;
     the module's preprocessing converts and resizes the stored images to match."""
 
+    # (channels, size) of the images as the data set stores them, if fixed (MNIST: 1, 28); None
+    # for data sets that decode straight to ``channels`` and ``image_size``.
+    stored_format: tuple[int, int] | None = None
+
     def __init__(
         self,
         num_classes: int,

@@ -50,6 +50,7 @@ class MNISTLike(ImageDataModule):
     the system data set folder (``$CNNLAB_DATASETS_DIR``, default /usr/share/datasets, where
     Debian's dataset packages install), then downloaded by torchvision into ``root``."""
 
+    stored_format = (1, 28)
     torchvision_name = ""
     system_dir = ""
     debian_package = ""
