@@ -102,3 +102,46 @@ def test_many_loggers_write_csv_tensorboard_and_offline_wandb(tmp_path):
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, list(run_dir.rglob("*"))
     assert read_results(run_dir)["status"] == "completed"
+
+
+@needs_fmnist
+def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
+    """A cosine schedule follows the resumed config's length; a resume that the checkpoint's
+    scheduler state cannot follow is refused with a clear message."""
+    short = ["debug=limit", "trainer.max_epochs=1"]
+    first = run_cli([*short, "name=first", "scheduler=cosine"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    [earlier] = run_dirs(tmp_path)
+    before = _digest(earlier)
+    last = earlier / "checkpoints" / "last.ckpt"
+
+    longer = ["debug=limit", "trainer.max_epochs=2", "name=resumed", f"resume={last}"]
+    resumed = run_cli([*longer, "scheduler=cosine"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    [new] = [d for d in run_dirs(tmp_path) if d != earlier]
+    results = read_results(new)
+    assert results["status"] == "completed" and results["epochs"] == 2
+    metrics = (new / "csv" / "metrics.csv").read_text().splitlines()
+    epochs = {row.split(",")[metrics[0].split(",").index("epoch")] for row in metrics[1:]}
+    assert "0" not in epochs and "1" in epochs  # only the second epoch was trained here
+    assert _digest(earlier) == before
+
+    other_kind = run_cli([*longer, "scheduler=onecycle"], cwd=tmp_path)
+    assert other_kind.returncode == 2, other_kind.stdout + other_kind.stderr
+    assert "trained with scheduler=cosine" in other_kind.stderr
+
+    missing = run_cli(["debug=fdr", f"resume={tmp_path / 'nope.ckpt'}"], cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.ckpt" in missing.stderr
+
+
+@needs_fmnist
+def test_resume_refuses_a_one_cycle_schedule_of_another_length(tmp_path):
+    first = run_cli(["debug=limit", "trainer.max_epochs=1", "name=onecycle"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    [run_dir] = run_dirs(tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    longer = run_cli(["debug=limit", "trainer.max_epochs=2", f"resume={last}"], cwd=tmp_path)
+    assert longer.returncode == 2, longer.stdout + longer.stderr
+    assert "one-cycle schedule spans 10 steps" in longer.stderr
+    assert "Traceback" not in longer.stderr

@@ -13,6 +13,8 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.augment import Preprocess
+from cnnlab.config import SchedulerName
+from cnnlab.errors import CnnlabError
 from cnnlab.optim import build_optimizer, build_scheduler
 
 
@@ -142,6 +144,29 @@ class ClassificationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed scheduler takes the saved state of the checkpoint's scheduler: another kind
+        # of schedule, or a one-cycle schedule (which stores its total step count) of another
+        # length, would fail deep inside torch, after a long traceback.
+        saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
+        saved = saved_cfg.get("scheduler", {}).get("name")
+        current = SchedulerName(self.scheduler_cfg.name).value
+        if saved is not None and SchedulerName(saved).value != current:
+            raise CnnlabError(
+                f"resume: the checkpoint was trained with scheduler={SchedulerName(saved).value}, "
+                f"this config has scheduler={current}. Resume with the checkpoint's scheduler."
+            )
+        total = int(self.trainer.estimated_stepping_batches)
+        for state in checkpoint.get("lr_schedulers", []):
+            steps = state.get("total_steps")
+            if steps is not None and steps != total:
+                raise CnnlabError(
+                    f"resume: the checkpoint's one-cycle schedule spans {steps} steps, this "
+                    f"config's {total} (trainer.max_epochs={self.trainer.max_epochs}). Resume "
+                    "with the config the checkpoint was trained with, or train with a schedule "
+                    "that follows the run's length (scheduler=cosine, step or none)."
+                )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {
