@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import (
@@ -149,6 +150,8 @@ class ClassificationModule(L.LightningModule):
         # A resumed scheduler takes the saved state of the checkpoint's scheduler: another kind
         # of schedule, or a one-cycle schedule (which stores its total step count) of another
         # length, would fail deep inside torch, after a long traceback.
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return  # testing or predicting from a checkpoint restores the weights alone
         saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
         saved = saved_cfg.get("scheduler", {}).get("name")
         current = SchedulerName(self.scheduler_cfg.name).value
