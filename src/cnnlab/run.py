@@ -13,7 +13,6 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import validate
@@ -71,19 +70,14 @@ def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
     return module
 
 
-def _best_val(trainer: L.Trainer) -> float | None:
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None:
-            return float(cb.best_model_score)
+def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
+    """(best validation accuracy, path of its checkpoint) from the checkpoint callback; without
+    one (fast_dev_run, callbacks off), the last val_acc and no checkpoint."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score), ckpt.best_model_path or None
     value = trainer.callback_metrics.get("val_acc")
-    return None if value is None else float(value)
-
-
-def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
-            return cb.best_model_path
-    return None
+    return (None if value is None else float(value)), None
 
 
 def _user_error(e: Exception) -> str | None:
@@ -124,9 +118,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
         results["epochs"] = trainer.current_epoch
-        results["best_val_acc"] = _best_val(trainer)
+        results["best_val_acc"], best = _best(trainer)
         if cfg.test:
-            best = _best_checkpoint(trainer)
             results["tested_checkpoint"] = best
             metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
