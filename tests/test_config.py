@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -101,3 +104,20 @@ def test_command_line_error_is_one_paragraph_and_an_exit_code(tmp_path, override
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in:\n{text}"
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_printing_the_config_imports_neither_torch_nor_lightning(tmp_path):
+    # `cnnlab-train --cfg job` and `--help` should answer in well under 2 s: importing torch and
+    # Lightning alone takes several seconds on a 2-core machine.
+    code = (
+        "import sys; sys.argv = ['cnnlab-train', '--cfg', 'job']\n"
+        "from cnnlab.train import main\n"
+        "main()\n"
+        "print('heavy:', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "model:" in proc.stdout
+    assert "heavy: []" in proc.stdout, proc.stdout

@@ -1,10 +1,12 @@
 """Config schemas, resolvers and validation.
 
-Groups with a fixed shape (optimizer, scheduler, module, transfer, paths and the Lightning
-Trainer arguments) are dataclasses registered in Hydra's ConfigStore as ``train_schema``, so Hydra
-rejects a misspelt key or a badly typed value while it composes. Groups that name a class with
-``_target_`` (model, data, augmentation, logger, callbacks) take whatever that class takes: their
-schema is derived from the class signature and checked by :func:`validate` before anything runs.
+Groups with a fixed shape (optimizer, scheduler, module, transfer, paths) are dataclasses
+registered in Hydra's ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a badly
+typed value while it composes. Groups that name a class with ``_target_`` (model, data,
+augmentation, logger, callbacks) take whatever that class takes, and so does ``trainer`` (the
+arguments of ``lightning.Trainer``): their schema is derived from the signature and checked by
+:func:`validate` before anything runs. Deriving it needs the class imported, and importing
+Lightning takes seconds, which ``cnnlab-train --help`` and ``--cfg job`` should not pay.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -142,7 +144,8 @@ def _allows_none(kind: Any) -> bool:
     return type(None) in typing.get_args(kind)
 
 
-def _trainer_schema() -> type:
+@functools.cache
+def trainer_schema() -> type:
     from lightning import Trainer
 
     schema = signature_schema(Trainer)
@@ -157,7 +160,6 @@ def _trainer_schema() -> type:
 
 @functools.cache
 def train_schema() -> type:
-    trainer = _trainer_schema()
     return dataclasses.make_dataclass(
         "TrainConfig",
         [
@@ -175,7 +177,7 @@ def train_schema() -> type:
             ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
-            ("trainer", trainer, field(default_factory=trainer)),
+            ("trainer", Dict[str, Any], field(default_factory=dict)),
         ],
     )
 
@@ -272,6 +274,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         OmegaConf.merge(OmegaConf.structured(train_schema()), resolved)
     except OmegaConfBaseException as e:
         raise CnnlabError(f"Bad config value {e.full_key}: {str(e).splitlines()[0]}.") from None
+    try:
+        OmegaConf.merge(OmegaConf.structured(trainer_schema()), resolved.trainer)
+    except OmegaConfBaseException as e:
+        accepted = ", ".join(f.name for f in dataclasses.fields(trainer_schema()))
+        raise CnnlabError(
+            f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
+            f"lightning.Trainer accepts: {accepted}."
+        ) from None
     if resolved.resume and not Path(resolved.resume).is_file():
         raise CnnlabError(
             f"resume={resolved.resume!r} is not a file. Give the path of a checkpoint, e.g. "
