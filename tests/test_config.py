@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -121,3 +122,11 @@ def test_printing_the_config_imports_neither_torch_nor_lightning(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "model:" in proc.stdout
     assert "heavy: []" in proc.stdout, proc.stdout
+
+
+def test_trainer_arguments_read_from_source_match_lightnings_signature():
+    from cnnlab.config import _composable_trainer_schema, trainer_schema
+
+    read = {f.name: f.default for f in dataclasses.fields(_composable_trainer_schema())}
+    real = {f.name: f.default for f in dataclasses.fields(trainer_schema())}
+    assert read == real

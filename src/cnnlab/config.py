@@ -11,17 +11,19 @@ Lightning takes seconds, which ``cnnlab-train --help`` and ``--cfg job`` should 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import functools
 import importlib
+import importlib.util
 import inspect
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -158,8 +160,43 @@ def trainer_schema() -> type:
     return dataclasses.make_dataclass("TrainerConfig", keep)
 
 
+def _trainer_defaults() -> dict[str, Any] | None:
+    """lightning.Trainer's arguments and their defaults, read from its source file without
+    importing Lightning; None where the source is not laid out as in Lightning 2."""
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or spec.origin is None:
+        return None
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
+    try:
+        tree = ast.parse(source.read_text())
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+        init = next(n for n in cls.body if getattr(n, "name", None) == "__init__")
+        args = init.args
+        return {
+            a.arg: ast.literal_eval(d)
+            for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+        }
+    except (OSError, SyntaxError, StopIteration, ValueError, TypeError):
+        return None
+
+
+def _composable_trainer_schema() -> type:
+    """Every Trainer argument with its default and any type: enough for Hydra to accept
+    ``trainer.limit_train_batches=10`` while composing. :func:`validate` checks the types."""
+    defaults = _trainer_defaults()
+    if defaults is None:
+        return trainer_schema()
+    keep = [
+        (name, Any, field(default=default))
+        for name, default in defaults.items()
+        if name not in ("logger", "callbacks")
+    ]
+    return dataclasses.make_dataclass("TrainerArguments", keep)
+
+
 @functools.cache
 def train_schema() -> type:
+    trainer = _composable_trainer_schema()
     return dataclasses.make_dataclass(
         "TrainConfig",
         [
@@ -177,7 +214,7 @@ def train_schema() -> type:
             ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
-            ("trainer", Dict[str, Any], field(default_factory=dict)),
+            ("trainer", trainer, field(default_factory=trainer)),
         ],
     )
 

@@ -158,16 +158,16 @@ def translate(overrides: Sequence[str]) -> tuple[list[str], tuple[int, int, int]
     return out, shape
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
+def compose_config(overrides: Sequence[str], output_dir: str | None = None) -> DictConfig:
     """The validated, resolved config ``cnnlab-train OVERRIDES`` would run, composed without
-    starting a run (nothing is written)."""
+    starting a run (nothing is written), with its run dir at ``output_dir`` (default: here)."""
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = os.getcwd()
-        cfg.hydra.runtime.output_dir = os.getcwd()
+        cfg.hydra.runtime.output_dir = output_dir or os.getcwd()
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
