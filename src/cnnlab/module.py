@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -59,6 +60,7 @@ class ClassificationModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         # Top-5 accuracy is only informative with more than five classes to choose from.
@@ -99,9 +101,16 @@ class ClassificationModule(L.LightningModule):
             aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
             loss = loss + self.aux_loss_weight * aux_loss
         self.train_acc.update(logits.detach(), y)
-        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach())
+        # self.log costs about a millisecond of Python per call, a lot next to a small model's
+        # step: log the step loss only on the steps the loggers write.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_loss_epoch", self.train_loss)
+        self.log("train_acc", self.train_acc)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
