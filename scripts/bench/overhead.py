@@ -46,8 +46,9 @@ def per_step(starts: list[float], end: float, warmup: int) -> float:
     return (end - starts[warmup]) / (len(starts) - warmup)
 
 
-def overrides(model: str, steps: int, out: str) -> list[str]:
+def overrides(model: str, steps: int, out: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [
+        *extra,
         f"model={model}",
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={steps}",
@@ -58,9 +59,11 @@ def overrides(model: str, steps: int, out: str) -> list[str]:
     ]
 
 
-def cnnlab_step(model: str, steps: int, warmup: int, out: Path) -> float:
+def cnnlab_step(
+    model: str, steps: int, warmup: int, out: Path, extra: tuple[str, ...] = ()
+) -> float:
     run_dir = out / f"cnnlab-{time.monotonic_ns()}"
-    cfg = compose_config(overrides(model, steps, str(out)), output_dir=str(run_dir))
+    cfg = compose_config(overrides(model, steps, str(out), extra), output_dir=str(run_dir))
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, run_dir)
