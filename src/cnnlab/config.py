@@ -210,9 +210,18 @@ def count_class_dirs(root: str) -> int:
     return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def class_count(classes: Sequence[int] | None, all_classes: int) -> int:
+    """The number of classes a model predicts: those of ``data.classes`` if it keeps some."""
+    return all_classes if classes is None else len(classes)
+
+
 def register() -> None:
     """Register resolvers and the schema; safe to call more than once."""
-    for name, fn in (("cnnlab.unique_dir", unique_dir), ("cnnlab.class_dirs", count_class_dirs)):
+    for name, fn in (
+        ("cnnlab.unique_dir", unique_dir),
+        ("cnnlab.class_dirs", count_class_dirs),
+        ("cnnlab.class_count", class_count),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
     ConfigStore.instance().store(name="train_schema", node=train_schema())
