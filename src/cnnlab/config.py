@@ -80,6 +80,20 @@ class TransferConfig:
     strategy: TransferStrategy = TransferStrategy.scratch
 
 
+class TTAMode(enum.Enum):
+    none = "none"
+    hflip = "hflip"
+    five_crop = "five_crop"
+    ten_crop = "ten_crop"
+    multiscale = "multiscale"
+
+
+@dataclass
+class EvalConfig:
+    # Test-time augmentation: test_acc_tta (averaged over views) is reported next to test_acc.
+    tta: TTAMode = TTAMode.none
+
+
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
@@ -174,6 +188,7 @@ def train_schema() -> type:
             ("optimizer", OptimizerConfig, field(default_factory=OptimizerConfig)),
             ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
+            ("eval", EvalConfig, field(default_factory=EvalConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
             ("trainer", trainer, field(default_factory=trainer)),
         ],
@@ -259,7 +274,6 @@ def _walk_targets(node: Any, where: str) -> None:
     if isinstance(node, DictConfig):
         if "_target_" in node:
             _check_target(node, where)
-            return
         for k, v in node.items():
             _walk_targets(v, f"{where}.{k}" if where else str(k))
     elif isinstance(node, ListConfig):
