@@ -37,6 +37,10 @@ class TensorImages(Dataset):
         image = self.images[i]
         return (self.transform(image) if self.transform else image), self.labels[i]
 
+    def images_and_labels(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored images (not augmented) and labels at ``indices``."""
+        return self.images[indices], self.labels[indices]
+
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
         images = self.images[idx]
@@ -183,9 +187,7 @@ class ImageDataModule(L.LightningDataModule):
         """Up to ``n`` seeded random training images, uint8 (n, C, H, W) as stored."""
         data = self.train_set
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))[:n]
-        if isinstance(data, TensorImages):
-            return data.images[pick]
-        return torch.stack([data[int(i)][0] for i in pick])
+        return data.images_and_labels(pick)[0]
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:

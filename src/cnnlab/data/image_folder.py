@@ -105,6 +105,11 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def images_and_labels(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded images (not augmented) and labels at ``indices``."""
+        images = [pil_to_tensor(decode(self.paths[i], self.mode, self.size)) for i in indices]
+        return torch.stack(images), self.labels[indices]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             image = pil_to_tensor(decode(self.paths[i], self.mode, self.size))
@@ -226,7 +231,4 @@ class ImageFolder(ImageDataModule):
         self.mean, self.std = self._stats()
 
     def _stats(self) -> tuple[list[float], list[float]]:
-        n = len(self.train_set)
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:STATS_SAMPLE]
-        sample = torch.stack([self.train_set[int(i)][0] for i in pick])
-        return channel_stats(sample)
+        return channel_stats(self.sample_images(STATS_SAMPLE))
