@@ -142,7 +142,7 @@ class Albumentations(PerImage):
     ``{TransformName: {argument: value}}``, e.g. ``[{HorizontalFlip: {p: 0.5}}]``. Needs the
     optional extra: ``pip install 'cnnlab[albumentations]'``."""
 
-    def __init__(self, transforms: Sequence[Mapping[str, Any]], seed: int | None = None) -> None:
+    def __init__(self, transforms: Sequence[Mapping[str, Any]]) -> None:
         super().__init__()
         try:
             import albumentations as A
@@ -165,9 +165,12 @@ class Albumentations(PerImage):
                     "https://explore.albumentations.ai for the names)."
                 )
             steps.append(getattr(A, name)(**dict(kwargs or {})))
-        self.pipeline = A.Compose(steps, seed=seed)
+        self.pipeline = A.Compose(steps)
 
     def per_image(self, image: torch.Tensor) -> torch.Tensor:
+        # Albumentations keeps its own random state: drawing its seed from torch's makes runs
+        # reproducible with the run's seed, and DataLoader workers differ as torch's streams do.
+        self.pipeline.set_random_seed(int(torch.randint(2**31 - 1, ())))
         hwc = image.permute(1, 2, 0).numpy()
         out = self.pipeline(image=hwc)["image"]
         if out.ndim == 2:

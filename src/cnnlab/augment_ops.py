@@ -19,11 +19,13 @@ def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
     return torch.empty(n, device=device).uniform_(low, high)
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """Resample ``x`` through per-image affine maps ``theta`` (N, 2, 3) from output to input
-    coordinates (normalised to [-1, 1]); outside the image is black."""
+    coordinates (normalised to [-1, 1]); outside the image is black (``padding="zeros"``) or
+    its edge pixels (``"border"``: crops, whose windows stay inside but reach the last
+    half-pixel, where zeros would darken the edges)."""
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def _crop_theta(scale_x, scale_y, centre_x, centre_y) -> torch.Tensor:
@@ -56,7 +58,7 @@ class RandomResizedCrop(nn.Module):
         sy = (area / aspect).sqrt().clamp(max=1.0)
         cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - sx)
         cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - sy)
-        return _warp(x, _crop_theta(sx, sy, cx, cy))
+        return _warp(x, _crop_theta(sx, sy, cx, cy), "border")
 
 
 class ScaleJitter(nn.Module):
@@ -82,7 +84,7 @@ class ScaleJitter(nn.Module):
         visible = side / self.draw_sizes(n, side, x.device).to(x.dtype)
         cx = (torch.rand(n, device=x.device) * 2 - 1) * (1 - visible)
         cy = (torch.rand(n, device=x.device) * 2 - 1) * (1 - visible)
-        return _warp(x, _crop_theta(visible, visible, cx, cy))
+        return _warp(x, _crop_theta(visible, visible, cx, cy), "border")
 
 
 class RandomAffine(nn.Module):
