@@ -69,21 +69,19 @@ class RandomCropFlip(nn.Module):
         self.padding, self.flip = padding, flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One gather from the padded batch does crop and flip: each output pixel reads the
+        # padded pixel at its (shifted, possibly mirrored) position.
         n, c, h, w = x.shape
-        if self.padding > 0:
-            p = self.padding
-            padded = F.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
-            dx = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
-            rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
-            cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
-            batch = torch.arange(n, device=x.device)[:, None, None, None]
-            chans = torch.arange(c, device=x.device)[None, :, None, None]
-            x = padded[batch, chans, rows, cols]
+        p, dev = self.padding, x.device
+        padded = F.pad(x, (p, p, p, p)) if p > 0 else x
+        dy = torch.randint(0, 2 * p + 1, (n, 1, 1), device=dev)
+        dx = torch.randint(0, 2 * p + 1, (n, 1, 1), device=dev)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
         if self.flip:
-            mask = torch.rand(n, 1, 1, 1, device=x.device) < 0.5
-            x = torch.where(mask, x.flip(3), x)
-        return x
+            cols = torch.where(torch.rand(n, 1, 1, device=dev) < 0.5, w - 1 - cols, cols)
+        rows = torch.arange(h, device=dev).view(1, h, 1) + dy
+        index = (rows * (w + 2 * p) + cols + dx).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.flatten(2).gather(2, index).view(n, c, h, w)
 
     def per_image(self, image: torch.Tensor) -> torch.Tensor:
         """The same augmentation on one uint8 image, with torchvision's transforms."""
