@@ -10,7 +10,7 @@
    ``--steps`` training steps, with augmentation none and basic, batched and per sample, with
    0 and 2 DataLoader workers (interleaved over ``--repeats``).
 
-    .venv/bin/python scripts/bench/data_augmentation.py [--repeats 5] [--steps 100] [--device cpu]
+    .venv/bin/python scripts/bench/data_augmentation.py [--repeats 5] [--steps 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -133,8 +133,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     throughput(args.repeats, args.device)
     if not args.skip_training:
