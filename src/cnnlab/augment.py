@@ -9,6 +9,7 @@ and a CPU avoids per-image Python calls), or per sample on uint8 images in the D
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -169,11 +170,11 @@ class Albumentations(PerImage):
         # Albumentations keeps its own random state: drawing its seed from torch's makes runs
         # reproducible with the run's seed, and DataLoader workers differ as torch's streams do.
         self.pipeline.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        hwc = image.permute(1, 2, 0).numpy()
+        hwc = image.permute(1, 2, 0).cpu().numpy()
         out = self.pipeline(image=hwc)["image"]
         if out.ndim == 2:
             out = out[:, :, None]
-        return torch.from_numpy(out).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(out).permute(2, 0, 1).contiguous().to(image.device)
 
 
 class PerSample:
@@ -182,7 +183,9 @@ class PerSample:
     batch of one."""
 
     def __init__(self, ops: Sequence[nn.Module]) -> None:
-        self.ops = list(ops)
+        # Copies on the CPU: the training module (and the originals with it) may move to a GPU,
+        # and DataLoader workers must not touch CUDA tensors.
+        self.ops = [copy.deepcopy(op).cpu() for op in ops]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         for op in self.ops:
