@@ -81,7 +81,8 @@ def throughput(repeats: int, device: str, n: int = 4096, batch: int = 256) -> No
         print(f"| {size}x{size}x{channels} | {b:,.0f} | {p:,.0f} | {b / p:.1f}x |")
 
 
-def wait_fraction(overrides: list[str], out: Path) -> float:
+def wait_fraction(overrides: list[str], out: Path) -> tuple[float, float]:
+    """(data_wait_frac, seconds per training step) of one short training run."""
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -91,10 +92,12 @@ def wait_fraction(overrides: list[str], out: Path) -> float:
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
+        start = time.perf_counter()
         train(cfg)
+        seconds = time.perf_counter() - start
     with open(out / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return float(next(r["data_wait_frac"] for r in rows if r.get("data_wait_frac")))
+    return float(next(r["data_wait_frac"] for r in rows if r.get("data_wait_frac"))), seconds
 
 
 def data_wait(repeats: int, steps: int) -> None:
@@ -115,17 +118,18 @@ def data_wait(repeats: int, steps: int) -> None:
         "test=false",
         "callbacks.progress.every_n_steps=0",
     ]
-    found: dict[str, list[float]] = {k: [] for k in settings}
+    found: dict[str, list[tuple[float, float]]] = {k: [] for k in settings}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             for i, (name, extra) in enumerate(settings.items()):
                 out = Path(tmp) / f"{r}_{i}"
                 found[name].append(wait_fraction([*common, *extra], out))
     print(f"\n## data_wait_frac of the default experiment ({steps} steps, median of {repeats})")
-    print("| augmentation | data_wait_frac |")
-    print("|---|---|")
+    print("| augmentation | data_wait_frac | run time (s, incl. set-up) |")
+    print("|---|---|---|")
     for name, values in found.items():
-        print(f"| {name} | {statistics.median(values):.2%} |")
+        frac = statistics.median(v[0] for v in values)
+        print(f"| {name} | {frac:.2%} | {statistics.median(v[1] for v in values):.1f} |")
 
 
 def main() -> None:
