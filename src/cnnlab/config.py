@@ -84,6 +84,20 @@ class TransferConfig:
     strategy: TransferStrategy = TransferStrategy.scratch
 
 
+class TTAMode(enum.Enum):
+    none = "none"
+    hflip = "hflip"
+    five_crop = "five_crop"
+    ten_crop = "ten_crop"
+    multiscale = "multiscale"
+
+
+@dataclass
+class EvalConfig:
+    # Test-time augmentation: test_acc_tta (averaged over views) is reported next to test_acc.
+    tta: TTAMode = TTAMode.none
+
+
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
@@ -213,6 +227,7 @@ def train_schema() -> type:
             ("optimizer", OptimizerConfig, field(default_factory=OptimizerConfig)),
             ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
+            ("eval", EvalConfig, field(default_factory=EvalConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
             ("trainer", trainer, field(default_factory=trainer)),
         ],
@@ -249,9 +264,18 @@ def count_class_dirs(root: str) -> int:
     return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def class_count(classes: Sequence[int] | None, all_classes: int) -> int:
+    """The number of classes a model predicts: those of ``data.classes`` if it keeps some."""
+    return all_classes if classes is None else len(classes)
+
+
 def register() -> None:
     """Register resolvers and the schema; safe to call more than once."""
-    for name, fn in (("cnnlab.unique_dir", unique_dir), ("cnnlab.class_dirs", count_class_dirs)):
+    for name, fn in (
+        ("cnnlab.unique_dir", unique_dir),
+        ("cnnlab.class_dirs", count_class_dirs),
+        ("cnnlab.class_count", class_count),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
     ConfigStore.instance().store(name="train_schema", node=train_schema())
@@ -289,7 +313,6 @@ def _walk_targets(node: Any, where: str) -> None:
     if isinstance(node, DictConfig):
         if "_target_" in node:
             _check_target(node, where)
-            return
         for k, v in node.items():
             _walk_targets(v, f"{where}.{k}" if where else str(k))
     elif isinstance(node, ListConfig):

@@ -14,10 +14,11 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from cnnlab.augment import Preprocess
+from cnnlab.augment import Preprocess, as_augmentation
 from cnnlab.config import SchedulerName
 from cnnlab.errors import CnnlabError
 from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.tta import TTA_MODES, tta_probs
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -49,11 +50,15 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = False,
         augmentation: nn.Module | None = None,
         class_names: list[str] | None = None,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         self.model = model
         self.preprocess = Preprocess(channels, image_size)
-        self.augmentation = augmentation or nn.Identity()
+        self.augmentation = as_augmentation(augmentation)
+        if tta not in TTA_MODES:
+            raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
+        self.tta = tta
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
@@ -63,6 +68,7 @@ class ClassificationModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
         # Top-5 accuracy is only informative with more than five classes to choose from.
         self.top5 = num_classes > 5
         if self.top5:
@@ -79,12 +85,13 @@ class ClassificationModule(L.LightningModule):
         if datamodule is not None and stage == "fit":
             self.preprocess.set_stats(datamodule.mean, datamodule.std)
             self.class_names = list(datamodule.class_names) or self.class_names
+            self.augmentation.prepare(datamodule)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         x = self.preprocess.to_unit_float(x)
         if self.training:
-            x = self.augmentation(x)
+            x, y = self.augmentation(x, y)
         x = self.preprocess.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -96,11 +103,12 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits, aux = split_outputs(self.model(x))
+        # Mixup and CutMix give soft targets (N, K), which cross_entropy takes as probabilities.
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         for aux_logits in aux:
             aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
             loss = loss + self.aux_loss_weight * aux_loss
-        self.train_acc.update(logits.detach(), y)
+        self.train_acc.update(logits.detach(), y.argmax(1) if y.ndim == 2 else y)
         self.train_loss.update(loss.detach())
         # self.log costs about a millisecond of Python per call, a lot next to a small model's
         # step: log the step loss only on the steps the loggers write.
@@ -129,6 +137,9 @@ class ClassificationModule(L.LightningModule):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
+        if self.tta != "none":
+            self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
+            self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)
         if self.top5:
             self.test_acc_top5.update(logits, y)
             self.log("test_acc_top5", self.test_acc_top5, on_epoch=True)

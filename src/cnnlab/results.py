@@ -25,7 +25,15 @@ def print_summary(results: dict[str, Any]) -> None:
     table = Table(title=f"cnnlab run: {results.get('name', '')} ({results['status']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("test_acc", "test_acc_top5", "test_loss", "best_val_acc", "epochs", "params"):
+    for key in (
+        "test_acc",
+        "test_acc_tta",
+        "test_acc_top5",
+        "test_loss",
+        "best_val_acc",
+        "epochs",
+        "params",
+    ):
         value = results.get(key)
         if value is None:
             continue

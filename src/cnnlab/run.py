@@ -64,6 +64,7 @@ def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
         scheduler=cfg.scheduler,
         augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
         class_names=datamodule.class_names,
+        tta=cfg.eval.tta,
         **cfg.module,
     )
     module.run_config = OmegaConf.to_container(cfg)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from cnnlab.errors import CnnlabError
+
+log = logging.getLogger(__name__)
+
+# A per-sample augmentation: one uint8 image (C, H, W) in, one out (see cnnlab.augment).
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TensorImages(Dataset):
@@ -20,16 +28,25 @@ class TensorImages(Dataset):
         if images.ndim == 3:
             images = images.unsqueeze(1)
         self.images, self.labels = images.contiguous(), labels.long()
+        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+    def images_and_labels(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored images (not augmented) and labels at ``indices``."""
+        return self.images[indices], self.labels[indices]
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.labels[idx]
+        images = self.images[idx]
+        if self.transform is not None:
+            images = torch.stack([self.transform(image) for image in images])
+        return images, self.labels[idx]
 
 
 def keep_batch(batch):
@@ -51,6 +68,23 @@ def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.T
         where = (labels == c).nonzero().flatten()
         picks.append(where[torch.randperm(len(where), generator=gen)[:per_class]])
     return torch.cat(picks).sort().values
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions split so that ``fraction`` of each class (at least one image if the class has
+    two or more) goes to the second list."""
+    gen = torch.Generator().manual_seed(seed)
+    labels_t = torch.as_tensor(labels)
+    keep, held = [], []
+    for c in labels_t.unique():
+        where = (labels_t == c).nonzero().flatten()
+        where = where[torch.randperm(len(where), generator=gen)]
+        n_held = round(len(where) * fraction)
+        if fraction > 0 and n_held == 0 and len(where) > 1:
+            n_held = 1
+        held += where[:n_held].tolist()
+        keep += where[n_held:].tolist()
+    return sorted(keep), sorted(held)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -86,8 +120,16 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: int,
         num_workers: int,
         seed: int,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        self.classes = list(classes) if classes is not None else None
+        if self.classes is not None and len(self.classes) != num_classes:
+            raise CnnlabError(
+                f"data.classes={self.classes} keeps {len(self.classes)} classes but "
+                f"data.num_classes={num_classes}. Leave data.num_classes at its default (it "
+                "follows data.classes) or set it to the number of classes kept."
+            )
         self.num_classes, self.channels, self.image_size = num_classes, channels, image_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -97,6 +139,55 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def select_classes(self, all_names: Sequence[str]) -> dict[int, int]:
+        """Map from the data set's labels to the model's, after checking ``classes`` and
+        ``num_classes`` against the ``all_names`` the data set has; sets ``class_names``."""
+        total = len(all_names)
+        if self.classes is None:
+            if total != self.num_classes:
+                raise CnnlabError(
+                    f"data.num_classes={self.num_classes} but the data set has {total} classes "
+                    f"({', '.join(all_names)}). Set data.num_classes={total}, or keep some "
+                    "classes with data.classes=[i, j, ...] (labels are then re-indexed)."
+                )
+            self.class_names = list(all_names)
+            return {c: c for c in range(total)}
+        bad = [c for c in self.classes if not 0 <= c < total]
+        if bad or len(set(self.classes)) != len(self.classes):
+            raise CnnlabError(
+                f"data.classes={self.classes}: expected distinct class indices in 0..{total - 1} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(all_names))})."
+            )
+        self.class_names = [all_names[c] for c in self.classes]
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def filter_labels(
+        self, labels: torch.Tensor, all_names: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions kept, their re-indexed labels) under ``classes``."""
+        mapping = self.select_classes(all_names)
+        lookup = torch.full((len(all_names),), -1, dtype=torch.long)
+        lookup[list(mapping)] = torch.tensor(list(mapping.values()))
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(all_names):
+            raise CnnlabError(
+                f"The data set's labels run from {int(labels.min())} to {int(labels.max())}, "
+                f"but it names {len(all_names)} classes: its files are damaged or not what "
+                f"{type(self).__name__} reads."
+            )
+        new = lookup[labels.long()]
+        keep = (new >= 0).nonzero().flatten()
+        return keep, new[keep]
+
+    def set_train_transform(self, transform: Transform | None) -> None:
+        """Augment each training image in the DataLoader (workers) instead of on the device."""
+        self.train_set.transform = transform
+
+    def sample_images(self, n: int) -> torch.Tensor:
+        """Up to ``n`` seeded random training images, uint8 (n, C, H, W) as stored."""
+        data = self.train_set
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))[:n]
+        return data.images_and_labels(pick)[0]
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:
@@ -121,3 +212,67 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+class InMemoryImages(ImageDataModule):
+    """A data set small enough to hold as uint8 tensors. Subclasses ``load()`` the training and
+    test images with their labels and name ``class_names_``; this class filters classes,
+    carves the validation split (``val_size`` seeded random training images), subsets the
+    training split and computes the normalisation statistics from it."""
+
+    class_names_: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int,
+        image_size: int,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: int,
+        samples_per_class: int | None,
+        num_workers: int,
+        seed: int,
+        classes: Sequence[int] | None,
+    ) -> None:
+        super().__init__(
+            num_classes, channels, image_size, batch_size, eval_batch_size, num_workers, seed,
+            classes,
+        )  # fmt: skip
+        self.val_size, self.samples_per_class = val_size, samples_per_class
+        self.select_classes(self.class_names_)  # a bad data.classes fails before any reading
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train images, train labels, test images, test labels); images uint8 (N, [C,] H, W)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        keep, train_y = self.filter_labels(train_y, self.class_names_)
+        train_x = train_x[keep]
+        keep, test_y = self.filter_labels(test_y, self.class_names_)
+        test_x = test_x[keep]
+        if not 0 < self.val_size < len(train_y):
+            raise CnnlabError(
+                f"data.val_size={self.val_size}: expected 1..{len(train_y) - 1}, the number of "
+                "training images (of the classes kept) less one."
+            )
+        train_idx, val_idx = split_indices(len(train_y), self.val_size, self.seed)
+        if self.samples_per_class:
+            train_idx = train_idx[
+                per_class_subset(train_y[train_idx], self.samples_per_class, self.seed)
+            ]
+        self.train_set = TensorImages(train_x[train_idx], train_y[train_idx])
+        self.val_set = TensorImages(train_x[val_idx], train_y[val_idx])
+        self.test_set = TensorImages(test_x, test_y)
+        self.mean, self.std = channel_stats(self.train_set.images)
+        log.info(
+            "%s: %d classes, %d train / %d val / %d test images",
+            type(self).__name__,
+            self.num_classes,
+            len(self.train_set),
+            len(self.val_set),
+            len(self.test_set),
+        )

@@ -1,8 +1,10 @@
-"""MNIST-family data sets stored as the original IDX files: Fashion-MNIST (the default).
+"""MNIST-family data sets stored as the original IDX files: Fashion-MNIST (the default), MNIST
+and Kuzushiji-MNIST.
 
 Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
 Algorithms" (2017): 60,000 training and 10,000 test images, 28x28 grey levels, 10 classes, in
-the same IDX format as LeCun's MNIST.
+the same IDX format as LeCun's MNIST. Clanuwat et al., "Deep Learning for Classical Japanese
+Literature" (2018): KMNIST, ten cursive Hiragana characters in the same format.
 """
 
 from __future__ import annotations
@@ -10,15 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.data.base import (
-    ImageDataModule,
-    TensorImages,
-    channel_stats,
-    per_class_subset,
-    split_indices,
-)
+import torch
+
+from cnnlab.data.base import InMemoryImages
 from cnnlab.data.idx import read_idx
 from cnnlab.errors import CnnlabError
 
@@ -45,7 +44,7 @@ def _find_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-class MNISTLike(ImageDataModule):
+class MNISTLike(InMemoryImages):
     """An IDX data set found in ``root`` (as given, or torchvision's ``root/<Name>/raw``), then in
     the system data set folder (``$CNNLAB_DATASETS_DIR``, default /usr/share/datasets, where
     Debian's dataset packages install), then downloaded by torchvision into ``root``."""
@@ -53,8 +52,8 @@ class MNISTLike(ImageDataModule):
     stored_format = (1, 28)
     torchvision_name = ""
     system_dir = ""
+    # A Debian package that installs the files in /usr/share/datasets/<system_dir>, if any.
     debian_package = ""
-    class_names_: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -69,13 +68,14 @@ class MNISTLike(ImageDataModule):
         samples_per_class: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__(
-            num_classes, channels, image_size, batch_size, eval_batch_size, num_workers, seed
-        )
+            num_classes, channels, image_size, batch_size, eval_batch_size, val_size,
+            samples_per_class, num_workers, seed, classes,
+        )  # fmt: skip
         self.root = Path(root).expanduser() if root else None
-        self.download, self.val_size, self.samples_per_class = download, val_size, samples_per_class
-        self.class_names = list(self.class_names_)
+        self.download = download
 
     def _candidates(self) -> list[Path]:
         dirs = []
@@ -97,14 +97,18 @@ class MNISTLike(ImageDataModule):
             if files := _find_files(self.root / self.torchvision_name / "raw"):
                 return files
         looked = ", ".join(str(p) for p in self._candidates())
+        debian = (
+            f"install the Debian package {self.debian_package} (apt-get install "
+            f"{self.debian_package}), which puts them in /usr/share/datasets/{self.system_dir}; "
+            if self.debian_package
+            else f"put them in $CNNLAB_DATASETS_DIR/{self.system_dir}; "
+        )
         raise CnnlabError(
             f"{self.torchvision_name} was not found and could not be downloaded. Looked for "
             f"{FILES['train_images']}[.gz] and its three sibling files in: {looked}; the download "
             f"failed: {download_error}. Any of these fixes it: (1) point data.root at a folder "
             "holding the four original IDX files (or torchvision's layout root/"
-            f"{self.torchvision_name}/raw); (2) install the Debian package "
-            f"{self.debian_package} (apt-get install {self.debian_package}), which puts them in "
-            f"/usr/share/datasets/{self.system_dir}; (3) run once with network access so "
+            f"{self.torchvision_name}/raw); (2) {debian}(3) run once with network access so "
             "torchvision can download them into data.root."
         )
 
@@ -125,21 +129,10 @@ class MNISTLike(ImageDataModule):
     def prepare_data(self) -> None:
         self.locate()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         files = self.locate()
         log.info("Reading %s from %s", self.torchvision_name, files["train_images"].parent)
-        images, labels = read_idx(files["train_images"]), read_idx(files["train_labels"])
-        train_idx, val_idx = split_indices(len(labels), self.val_size, self.seed)
-        if self.samples_per_class:
-            train_idx = train_idx[
-                per_class_subset(labels[train_idx], self.samples_per_class, self.seed)
-            ]
-        self.train_set = TensorImages(images[train_idx], labels[train_idx])
-        self.val_set = TensorImages(images[val_idx], labels[val_idx])
-        self.test_set = TensorImages(read_idx(files["test_images"]), read_idx(files["test_labels"]))
-        self.mean, self.std = channel_stats(self.train_set.images)
+        return tuple(read_idx(files[k]) for k in FILES)
 
 
 class FashionMNIST(MNISTLike):
@@ -158,3 +151,16 @@ class FashionMNIST(MNISTLike):
         "Bag",
         "Ankle boot",
     )
+
+
+class MNIST(MNISTLike):
+    torchvision_name = "MNIST"
+    system_dir = "mnist"
+    class_names_ = tuple(str(d) for d in range(10))
+
+
+class KMNIST(MNISTLike):
+    torchvision_name = "KMNIST"
+    system_dir = "kmnist"
+    # The romanised names of the ten Hiragana characters (kmnist_classmap.csv).
+    class_names_ = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
