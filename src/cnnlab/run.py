@@ -15,8 +15,10 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import runs
 from cnnlab.config import validate
 from cnnlab.errors import CnnlabError
+from cnnlab.faults import AtomicCheckpointIO
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
@@ -44,6 +46,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
     kwargs.setdefault("default_root_dir", str(run_dir))
+    kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
         return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
     except (ValueError, ImportError, MisconfigurationException) as e:
@@ -97,17 +100,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``failed`` (with the error) or ``interrupted``, whatever happens in between.
     """
     start = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / RESULTS_FILE).exists():
-        raise CnnlabError(
-            f"{run_dir} already holds a run (it has a {RESULTS_FILE}), and cnnlab never writes "
-            "over a run. Leave hydra.run.dir at its default (a new directory per run) or name an "
-            "empty one; to continue that run, start a new one with "
-            "resume=<its checkpoints/last.ckpt>."
-        )
-    results: dict[str, Any] = {"name": cfg.name, "status": "running", "run_dir": str(run_dir)}
-    write_json(run_dir / RESULTS_FILE, results)
+    job = runs.start(cfg)
+    if job.same_as is not None:
+        return runs.skip(job)
+    cfg, run_dir, results = job.config, job.run_dir, job.results
     trainer = None
     try:
         cfg = validate(cfg)
@@ -116,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, datamodule)
         results["params"] = sum(p.numel() for p in module.model.parameters())
         trainer = build_trainer(cfg, run_dir)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
         results["epochs"] = trainer.current_epoch
         results["best_val_acc"], best = _best(trainer)
         if cfg.test:
@@ -136,9 +132,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise CnnlabError(user_error) from None
         raise
     finally:
-        results["wall_time_s"] = time.perf_counter() - start
+        results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
         if trainer is None or trainer.global_rank == 0:
             write_json(run_dir / RESULTS_FILE, results)
+            runs.finish(job, results)
         if trainer is not None and trainer.global_rank == 0:
             # A run that never got to train ends with its error message alone.
             print_summary(results)
