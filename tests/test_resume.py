@@ -98,3 +98,80 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     rows = metrics_rows(run_dir)
     assert rows == metrics_rows(whole_dir)
     assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}
+
+
+@needs_fmnist
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
+    proc = run_cli(
+        [
+            "model=lenet5_modern",
+            "scheduler=none",
+            "optimizer.lr=1e10",
+            "data.samples_per_class=20",
+            "data.val_size=100",
+            "data.batch_size=10",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            "callbacks.nonfinite_loss.every_n_steps=1",
+            "test=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "became NaN or infinite" in proc.stderr and "Traceback" not in proc.stderr
+    [run_dir] = run_dirs(tmp_path)
+    results = read_results(run_dir)
+    assert results["status"] == "failed" and "became NaN or infinite" in results["error"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] >= 1
+    assert all(t.isfinite().all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+
+
+SAVE_FOREVER = """
+import sys, torch
+from cnnlab.faults import AtomicCheckpointIO
+io, i = AtomicCheckpointIO(), 0
+while True:
+    i += 1
+    io.save_checkpoint({"i": i, "w": torch.full((8_000_000,), float(i))}, sys.argv[1])
+"""
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_last_checkpoint_whole(tmp_path):
+    """SIGKILL while the writer is inside a save (its .part file exists), several times."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    part = last.with_name("last.ckpt.part")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(last)])
+        deadline = time.monotonic() + 120
+        # Wait for a save after the first one, so that a complete last.ckpt exists already.
+        while not (last.exists() and part.exists()):
+            assert time.monotonic() < deadline and proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(last, weights_only=True)
+        assert ckpt["w"].shape == (8_000_000,) and bool((ckpt["w"] == ckpt["i"]).all())
+    assert part.exists()  # a kill did land inside a save
+
+
+@needs_fmnist
+def test_rerunning_a_multirun_skips_completed_jobs_by_config(tmp_path):
+    tiny = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
+    # The sweep dir is named here: this branch's default one needs Hydra's runtime values, which
+    # a sweep dir cannot use (the sweeps branch fixes that).
+    first = run_cli([*tiny, "seed=1,2", "hydra.sweep.dir=outputs/multirun/first"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = {read_results(d)["config_hash"]: d for d in run_dirs(tmp_path)}
+    assert len(done) == 2
+
+    # Another order (other job numbers) and one new config: only the new one trains.
+    again = run_cli([*tiny, "seed=2,3,1", "hydra.sweep.dir=outputs/multirun/again"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    new = [d for d in run_dirs(tmp_path) if d not in done.values()]
+    statuses = sorted(read_results(d)["status"] for d in new)
+    assert statuses == ["completed", "skipped", "skipped"]
+    for run_dir in new:
+        results = read_results(run_dir)
+        if results["status"] == "skipped":
+            assert results["same_as"] == str(done[results["config_hash"]])
+            assert not (run_dir / "checkpoints").exists() and not (run_dir / "csv").exists()

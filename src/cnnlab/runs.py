@@ -155,8 +155,8 @@ def _resume_dir(cfg: DictConfig, run_dir: Path, fresh: Path, overrides: list[str
 def plan(cfg: DictConfig, fresh: Path, multirun: bool, overrides: list[str]) -> Plan:
     """Decide what this call does. ``fresh`` is the run dir Hydra has just made for it."""
     config_hash = fingerprint(cfg)
-    new = {"name": cfg.name, "status": "running", "run_dir": str(fresh)}
-    new_plan = Plan(cfg, fresh, {**new, "config_hash": config_hash}, checkpoint=cfg.ckpt_path)
+    new = {"name": cfg.name, "status": "running", "run_dir": str(fresh), "config_hash": config_hash}
+    new_plan = Plan(cfg, fresh, new, checkpoint=cfg.ckpt_path)
     resume = cfg.resume
     if resume and resume != "auto":
         path = Path(resume).expanduser()
