@@ -107,7 +107,9 @@ class ClassificationModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the epoch mean over every process's batches (once per epoch).
+        loss = F.cross_entropy(logits, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
         if self.top5:
             self.val_acc_top5.update(logits, y)
@@ -118,7 +120,7 @@ class ClassificationModule(L.LightningModule):
         logits = self(x)
         for metric in (self.test_acc, self.test_per_class, self.test_confusion):
             metric.update(logits, y)
-        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
         if self.top5:
             self.test_acc_top5.update(logits, y)

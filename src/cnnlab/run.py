@@ -57,6 +57,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
 
 
+def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+    """``trainer``, or for a multi-process one a trainer on one device in this process, without
+    loggers: under DDP a DistributedSampler pads the test set with repeated images, the results
+    (per-class accuracy) of spawned workers would not come back, and the CSV logger of a new
+    worker would start metrics.csv afresh."""
+    if trainer.world_size == 1:
+        return trainer
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=trainer.precision,
+        limit_test_batches=cfg.trainer.limit_test_batches,
+        logger=False,
+        enable_progress_bar=False,
+    )
+
+
 def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
     module = ClassificationModule(
         model=instantiate(cfg.model),
@@ -79,6 +96,10 @@ def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_score is not None:
         return float(ckpt.best_model_score), ckpt.best_model_path or None
+    if ckpt is not None and ckpt.best_model_path:
+        # Spawned DDP workers pass back the best checkpoint's path alone; its score is inside.
+        saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True, mmap=True)
+        return float(saved["callbacks"][ckpt.state_key]["best_model_score"]), ckpt.best_model_path
     value = trainer.callback_metrics.get("val_acc")
     return (None if value is None else float(value)), None
 
@@ -113,11 +134,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["params"] = sum(p.numel() for p in module.model.parameters())
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
-        results["epochs"] = trainer.current_epoch
+        results["epochs"] = runs.epochs_done(trainer, run_dir)
         results["best_val_acc"], best = _best(trainer)
         if cfg.test:
             results["tested_checkpoint"] = best
-            metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+            tester = single_device(trainer, cfg)
+            metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
             results.update(module.test_report)
         results["status"] = "completed"

@@ -233,9 +233,23 @@ def finish(job: Plan, results: dict[str, Any]) -> None:
 
 
 def _checkpoint_step(path: Path) -> int:
+    return int(_peek(path)["global_step"])
+
+
+def _peek(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, mapped rather than read: cheap for the counters it holds."""
     import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def epochs_done(trainer, run_dir: Path) -> int:
+    """Completed epochs. Spawned DDP workers do not pass theirs back to this process's trainer:
+    then they come from last.ckpt, which the workers write at every epoch end."""
+    if trainer.current_epoch or trainer.world_size == 1 or not (run_dir / LAST).is_file():
+        return trainer.current_epoch
+    # Saved at the epoch end, after Lightning counted the epoch processed, before completed.
+    return _peek(run_dir / LAST)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
 def skip(plan: Plan) -> dict[str, Any]:
