@@ -175,3 +175,29 @@ def test_rerunning_a_multirun_skips_completed_jobs_by_config(tmp_path):
         if results["status"] == "skipped":
             assert results["same_as"] == str(done[results["config_hash"]])
             assert not (run_dir / "checkpoints").exists() and not (run_dir / "csv").exists()
+
+
+def test_checkpoints_load_whether_or_not_the_model_was_compiled(compose_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from cnnlab.checkpoint import load, rebuild
+    from cnnlab.config import validate
+
+    cfg = validate(compose_cfg(["model=lenet5", "module.compile=true"]))
+    names = [str(i) for i in range(10)]
+    compiled = rebuild(cfg, names)
+    plain = rebuild(OmegaConf.merge(cfg, {"module": {"compile": False}}), names)
+    # module.compile=true compiles in place: the same keys as the plain model's.
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+    # A model wrapped by torch.compile(model), as other code does, saves _orig_mod. keys.
+    wrapped = torch.compile(plain.model)
+    state = {k: v for k, v in plain.state_dict().items() if not k.startswith("model.")}
+    state.update({f"model.{k}": v for k, v in wrapped.state_dict().items()})
+    assert any("_orig_mod." in k for k in state)
+    path = tmp_path / "wrapped.ckpt"
+    config = OmegaConf.to_container(cfg)
+    torch.save({"state_dict": state, "cnnlab": {"config": config, "class_names": names}}, path)
+    loaded = load(path, device="cpu").module
+    for key, value in plain.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

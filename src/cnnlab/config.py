@@ -73,6 +73,7 @@ class ModuleConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3
     channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

@@ -27,6 +27,12 @@ def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     return out, ()
 
 
+def plain_state_dict(state_dict: dict) -> dict:
+    """``state_dict`` without the ``_orig_mod.`` that a model wrapped by ``torch.compile(model)``
+    puts into its keys (checkpoints from other code, or from older cnnlab versions)."""
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
+
+
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of ``model`` with optional label smoothing and auxiliary losses.
 
@@ -46,6 +52,7 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: float = 0.0,
         aux_loss_weight: float = 0.3,
         channels_last: bool = False,
+        compile: bool = False,
         augmentation: nn.Module | None = None,
         class_names: list[str] | None = None,
     ) -> None:
@@ -71,6 +78,10 @@ class ClassificationModule(L.LightningModule):
         self.test_report: dict = {}
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile:
+            # In place: the state dict keeps the plain model's keys (torch.compile(model) would
+            # prefix them with _orig_mod.), so checkpoints load with compile on or off.
+            self.model.compile()
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -149,6 +160,7 @@ class ClassificationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
         # A resumed scheduler takes the saved state of the checkpoint's scheduler: another kind
         # of schedule, or a one-cycle schedule (which stores its total step count) of another
         # length, would fail deep inside torch, after a long traceback.
