@@ -27,6 +27,7 @@ SMALL = [
     "callbacks.last_checkpoint.every_n_train_steps=15",
     "callbacks.progress.every_n_steps=5",
     "test=false",
+    "callbacks=ema",
 ]
 
 
@@ -62,8 +63,10 @@ def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's weights and their EMA in last.ckpt."""
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return ckpt["state_dict"]
+    ema = ckpt["callbacks"]["EMA"]["weights"]
+    return {**ckpt["state_dict"], **{f"ema.{k}": v for k, v in ema.items()}}
 
 
 @needs_fmnist
@@ -90,11 +93,12 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert results["status"] == "completed" and results["epochs"] == 2
     assert [r["status"] for r in results["resumed"]] == ["running"]
     assert results["best_val_acc"] == read_results(whole_dir)["best_val_acc"]
-    # Bit-identical weights, and metrics.csv row for row: the rows logged before the kill, and
-    # epoch means (train_loss_epoch, train_acc) over the batches of both sessions.
+    # Bit-identical weights and EMA weights, and metrics.csv row for row: the rows logged before
+    # the kill, and epoch means (train_loss_epoch, train_acc) over the batches of both sessions.
     expected, got = weights(whole_dir), weights(run_dir)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not torch.equal(got["ema.c1.0.weight"], got["model.c1.0.weight"])
     rows = metrics_rows(run_dir)
     assert rows == metrics_rows(whole_dir)
     assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}
