@@ -115,7 +115,7 @@ def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
     before = _digest(earlier)
     last = earlier / "checkpoints" / "last.ckpt"
 
-    longer = ["debug=limit", "trainer.max_epochs=2", "name=resumed", f"resume={last}"]
+    longer = ["debug=limit", "trainer.max_epochs=2", "name=resumed", f"ckpt_path={last}"]
     resumed = run_cli([*longer, "scheduler=cosine"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
@@ -131,7 +131,7 @@ def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
     assert other_kind.returncode == 2, other_kind.stdout + other_kind.stderr
     assert "trained with scheduler=cosine" in other_kind.stderr
 
-    missing = run_cli(["debug=fdr", f"resume={tmp_path / 'nope.ckpt'}"], cwd=tmp_path)
+    missing = run_cli(["debug=fdr", f"ckpt_path={tmp_path / 'nope.ckpt'}"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.ckpt" in missing.stderr
 
 
@@ -141,7 +141,7 @@ def test_resume_refuses_a_one_cycle_schedule_of_another_length(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     [run_dir] = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
-    longer = run_cli(["debug=limit", "trainer.max_epochs=2", f"resume={last}"], cwd=tmp_path)
+    longer = run_cli(["debug=limit", "trainer.max_epochs=2", f"ckpt_path={last}"], cwd=tmp_path)
     assert longer.returncode == 2, longer.stdout + longer.stderr
     assert "one-cycle schedule spans 10 steps" in longer.stderr
     assert "Traceback" not in longer.stderr

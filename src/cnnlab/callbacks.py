@@ -37,6 +37,10 @@ class PlainProgressBar(ProgressBar):
         ]
         return " ".join(shown)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run resumed mid-epoch starts without on_train_epoch_start.
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
 

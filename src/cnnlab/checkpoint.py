@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import CnnlabError
-from cnnlab.module import ClassificationModule
+from cnnlab.module import ClassificationModule, plain_state_dict
 from cnnlab.results import RESULTS_FILE
 from cnnlab.run import build_module, resolve_precision
 
@@ -159,7 +159,7 @@ def load(source: str | Path, device: str = "auto") -> Trained:
     config = OmegaConf.create(checkpoint["cnnlab"]["config"])
     module = rebuild(config, checkpoint["cnnlab"].get("class_names") or [])
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(plain_state_dict(checkpoint["state_dict"]))
     except RuntimeError as e:
         raise CnnlabError(
             f"{path}: the weights do not fit the model its stored config builds "

@@ -77,6 +77,7 @@ class ModuleConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3
     channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -217,6 +218,8 @@ def train_schema() -> type:
             ("seed", int, field(default=42)),
             ("name", str, field(default="default")),
             ("resume", Optional[str], field(default=None)),
+            ("ckpt_path", Optional[str], field(default=None)),
+            ("skip_completed", bool, field(default=True)),
             ("test", bool, field(default=True)),
             ("model", Any, field(default=MISSING)),
             ("data", Any, field(default=MISSING)),
@@ -342,9 +345,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
             f"lightning.Trainer accepts: {accepted}."
         ) from None
-    if resolved.resume and not Path(resolved.resume).is_file():
+    if resolved.ckpt_path and not Path(resolved.ckpt_path).is_file():
         raise CnnlabError(
-            f"resume={resolved.resume!r} is not a file. Give the path of a checkpoint, e.g. "
+            f"ckpt_path={resolved.ckpt_path!r} is not a file. Give the path of a checkpoint, e.g. "
             "outputs/<date>/<time>_<name>/checkpoints/last.ckpt."
         )
     for group in ("model", "data", "augmentation", "logger", "callbacks"):

@@ -29,6 +29,12 @@ def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     return out, ()
 
 
+def plain_state_dict(state_dict: dict) -> dict:
+    """``state_dict`` without the ``_orig_mod.`` that a model wrapped by ``torch.compile(model)``
+    puts into its keys (checkpoints from other code, or from older cnnlab versions)."""
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
+
+
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of ``model`` with optional label smoothing and auxiliary losses.
 
@@ -48,6 +54,7 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: float = 0.0,
         aux_loss_weight: float = 0.3,
         channels_last: bool = False,
+        compile: bool = False,
         augmentation: nn.Module | None = None,
         class_names: list[str] | None = None,
         tta: str = "none",
@@ -79,6 +86,10 @@ class ClassificationModule(L.LightningModule):
         self.test_report: dict = {}
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile:
+            # In place: the state dict keeps the plain model's keys (torch.compile(model) would
+            # prefix them with _orig_mod.), so checkpoints load with compile on or off.
+            self.model.compile()
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -124,7 +135,9 @@ class ClassificationModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the epoch mean over every process's batches (once per epoch).
+        loss = F.cross_entropy(logits, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
         if self.top5:
             self.val_acc_top5.update(logits, y)
@@ -135,7 +148,7 @@ class ClassificationModule(L.LightningModule):
         logits = self(x)
         for metric in (self.test_acc, self.test_per_class, self.test_confusion):
             metric.update(logits, y)
-        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
         if self.tta != "none":
             self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
@@ -167,6 +180,7 @@ class ClassificationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
         # A resumed scheduler takes the saved state of the checkpoint's scheduler: another kind
         # of schedule, or a one-cycle schedule (which stores its total step count) of another
         # length, would fail deep inside torch, after a long traceback.

@@ -15,8 +15,10 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import runs
 from cnnlab.config import validate
 from cnnlab.errors import CnnlabError
+from cnnlab.faults import AtomicCheckpointIO
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
@@ -44,6 +46,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
     kwargs.setdefault("default_root_dir", str(run_dir))
+    kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
         return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
     except (ValueError, ImportError, MisconfigurationException) as e:
@@ -52,6 +55,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
             for k in ("accelerator", "devices", "strategy", "precision")
         )
         raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
+
+
+def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+    """``trainer``, or for a multi-process one a trainer on one device in this process, without
+    loggers: under DDP a DistributedSampler pads the test set with repeated images, the results
+    (per-class accuracy) of spawned workers would not come back, and the CSV logger of a new
+    worker would start metrics.csv afresh."""
+    if trainer.world_size == 1:
+        return trainer
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=trainer.precision,
+        limit_test_batches=cfg.trainer.limit_test_batches,
+        logger=False,
+        enable_progress_bar=False,
+    )
 
 
 def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
@@ -77,6 +97,10 @@ def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_score is not None:
         return float(ckpt.best_model_score), ckpt.best_model_path or None
+    if ckpt is not None and ckpt.best_model_path:
+        # Spawned DDP workers pass back the best checkpoint's path alone; its score is inside.
+        saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True, mmap=True)
+        return float(saved["callbacks"][ckpt.state_key]["best_model_score"]), ckpt.best_model_path
     value = trainer.callback_metrics.get("val_acc")
     return (None if value is None else float(value)), None
 
@@ -98,17 +122,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``failed`` (with the error) or ``interrupted``, whatever happens in between.
     """
     start = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / RESULTS_FILE).exists():
-        raise CnnlabError(
-            f"{run_dir} already holds a run (it has a {RESULTS_FILE}), and cnnlab never writes "
-            "over a run. Leave hydra.run.dir at its default (a new directory per run) or name an "
-            "empty one; to continue that run, start a new one with "
-            "resume=<its checkpoints/last.ckpt>."
-        )
-    results: dict[str, Any] = {"name": cfg.name, "status": "running", "run_dir": str(run_dir)}
-    write_json(run_dir / RESULTS_FILE, results)
+    job = runs.start(cfg)
+    if job.same_as is not None:
+        return runs.skip(job)
+    cfg, run_dir, results = job.config, job.run_dir, job.results
     trainer = None
     try:
         cfg = validate(cfg)
@@ -117,12 +134,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, datamodule)
         results["params"] = sum(p.numel() for p in module.model.parameters())
         trainer = build_trainer(cfg, run_dir)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-        results["epochs"] = trainer.current_epoch
+        trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
+        results["epochs"] = runs.epochs_done(trainer, run_dir)
         results["best_val_acc"], best = _best(trainer)
         if cfg.test:
             results["tested_checkpoint"] = best
-            metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+            tester = single_device(trainer, cfg)
+            metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
             results.update(module.test_report)
         results["status"] = "completed"
@@ -137,9 +155,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise CnnlabError(user_error) from None
         raise
     finally:
-        results["wall_time_s"] = time.perf_counter() - start
+        results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
         if trainer is None or trainer.global_rank == 0:
             write_json(run_dir / RESULTS_FILE, results)
+            runs.finish(job, results)
         if trainer is not None and trainer.global_rank == 0:
             # A run that never got to train ends with its error message alone.
             print_summary(results)

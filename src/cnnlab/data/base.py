@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.errors import CnnlabError
 
@@ -47,6 +47,50 @@ class TensorImages(Dataset):
         if self.transform is not None:
             images = torch.stack([self.transform(image) for image in images])
         return images, self.labels[idx]
+
+
+class EpochShuffle(Sampler[int]):
+    """A new random order each epoch, drawn from ``seed`` and the epoch number alone (Lightning
+    calls ``set_epoch``), so that a resumed run sees the very order the interrupted one saw."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=gen).tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that can stop in the middle of an epoch and continue after the last batch
+    it delivered: Lightning stores ``state_dict()`` in every checkpoint and hands it back to
+    ``load_state_dict`` when a run resumes mid-epoch. The sampler must give the same order again
+    (:class:`EpochShuffle`, or Lightning's seeded DistributedSampler)."""
+
+    _delivered = 0
+    _skip = 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self._delivered = 0
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip:
+                # Fetched and dropped: sampler and workers advance exactly as they did before.
+                continue
+            self._delivered = i + 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._delivered}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = state["batches"]
 
 
 def keep_batch(batch):
@@ -193,10 +237,10 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not prepared this split")
         in_memory = isinstance(dataset, TensorImages)
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             drop_last=shuffle and len(dataset) > batch_size,
             num_workers=self.num_workers,
             collate_fn=keep_batch if in_memory else None,

@@ -1,0 +1,34 @@
+"""trainer=ddp: two processes on the CPU (gloo) from the normal command line, one run dir."""
+
+from __future__ import annotations
+
+import csv
+
+from conftest import needs_fmnist, read_results, run_cli, run_dirs
+
+
+@needs_fmnist
+def test_ddp_on_the_cpu_trains_in_two_processes_into_one_run_dir(tmp_path):
+    proc = run_cli(
+        [
+            "trainer=ddp",
+            "model=lenet5",
+            "data.samples_per_class=40",  # 400 images, batches of 10: 20 steps per process
+            "data.batch_size=10",
+            "data.val_size=100",
+            "trainer.max_epochs=1",
+            "trainer.limit_test_batches=1",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    [run_dir] = run_dirs(tmp_path)  # Hydra + DDP, yet one run dir
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["epochs"] == 1
+    assert 0 <= results["best_val_acc"] <= 1 and "per_class_acc" in results
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Each process took half of the 40 batches; the epoch's metrics come from rank 0's logger.
+    assert [r["step"] for r in rows if r.get("val_acc")] == ["19"]

@@ -1,0 +1,207 @@
+"""Faults and resume through the real command line: SIGKILL mid-epoch and resume=<run dir>, a kill
+during a checkpoint save, a NaN loss, and a multirun run twice."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import needs_fmnist, read_results, run_cli, run_dirs
+
+# 1,000 training images in batches of 10: 100 steps per epoch, last.ckpt every 15 steps.
+SMALL = [
+    "model=lenet5",
+    "data.samples_per_class=100",
+    "data.batch_size=10",
+    "data.val_size=500",
+    "optimizer.lr=0.01",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "callbacks.last_checkpoint.every_n_train_steps=15",
+    "callbacks.progress.every_n_steps=5",
+    "test=false",
+    "callbacks=ema",
+]
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def kill_when_printed(proc: subprocess.Popen, line_start: str, timeout: float = 300) -> str:
+    """SIGKILL ``proc`` as soon as it prints a line starting with ``line_start``."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(line_start):
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's weights and their EMA in last.ckpt."""
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ema = ckpt["callbacks"]["EMA"]["weights"]
+    return {**ckpt["state_dict"], **{f"ema.{k}": v for k, v in ema.items()}}
+
+
+@needs_fmnist
+def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole = start_cli(SMALL, cwd=tmp_path / "whole")
+    killed = start_cli(SMALL, cwd=tmp_path / "killed")
+    kill_when_printed(killed, "epoch 1 step 40/")
+    [run_dir] = run_dirs(tmp_path / "killed")
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 100 < stopped["global_step"] < 200 and stopped["global_step"] % 100, "not mid-epoch"
+    assert read_results(run_dir)["status"] == "running"  # what a SIGKILL leaves behind
+
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    out, _ = whole.communicate(timeout=600)
+    assert whole.returncode == 0, out
+    [whole_dir] = run_dirs(tmp_path / "whole")
+
+    # Continued in its own run dir: no new one, and results.json tells the story.
+    assert run_dirs(tmp_path / "killed") == [run_dir]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["epochs"] == 2
+    assert [r["status"] for r in results["resumed"]] == ["running"]
+    assert results["best_val_acc"] == read_results(whole_dir)["best_val_acc"]
+    # Bit-identical weights and EMA weights, and metrics.csv row for row: the rows logged before
+    # the kill, and epoch means (train_loss_epoch, train_acc) over the batches of both sessions.
+    expected, got = weights(whole_dir), weights(run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not torch.equal(got["ema.c1.0.weight"], got["model.c1.0.weight"])
+    rows = metrics_rows(run_dir)
+    assert rows == metrics_rows(whole_dir)
+    assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}
+
+
+@needs_fmnist
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
+    proc = run_cli(
+        [
+            "model=lenet5_modern",
+            "scheduler=none",
+            "optimizer.lr=1e10",
+            "data.samples_per_class=20",
+            "data.val_size=100",
+            "data.batch_size=10",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            "callbacks.nonfinite_loss.every_n_steps=1",
+            "test=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "became NaN or infinite" in proc.stderr and "Traceback" not in proc.stderr
+    [run_dir] = run_dirs(tmp_path)
+    results = read_results(run_dir)
+    assert results["status"] == "failed" and "became NaN or infinite" in results["error"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] >= 1
+    assert all(t.isfinite().all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+
+
+SAVE_FOREVER = """
+import sys, torch
+from cnnlab.faults import AtomicCheckpointIO
+io, i = AtomicCheckpointIO(), 0
+while True:
+    i += 1
+    io.save_checkpoint({"i": i, "w": torch.full((8_000_000,), float(i))}, sys.argv[1])
+"""
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_last_checkpoint_whole(tmp_path):
+    """SIGKILL while the writer is inside a save (its .part file exists), several times."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    part = last.with_name("last.ckpt.part")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(last)])
+        deadline = time.monotonic() + 120
+        # Wait for a save after the first one, so that a complete last.ckpt exists already.
+        while not (last.exists() and part.exists()):
+            assert time.monotonic() < deadline and proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(last, weights_only=True)
+        assert ckpt["w"].shape == (8_000_000,) and bool((ckpt["w"] == ckpt["i"]).all())
+    assert part.exists()  # a kill did land inside a save
+
+
+@needs_fmnist
+def test_rerunning_a_multirun_skips_completed_jobs_by_config(tmp_path):
+    tiny = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
+    # The sweep dir is named here: this branch's default one needs Hydra's runtime values, which
+    # a sweep dir cannot use (the sweeps branch fixes that).
+    first = run_cli([*tiny, "seed=1,2", "hydra.sweep.dir=outputs/multirun/first"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = {read_results(d)["config_hash"]: d for d in run_dirs(tmp_path)}
+    assert len(done) == 2
+
+    # Another order (other job numbers) and one new config: only the new one trains.
+    again = run_cli([*tiny, "seed=2,3,1", "hydra.sweep.dir=outputs/multirun/again"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    new = [d for d in run_dirs(tmp_path) if d not in done.values()]
+    statuses = sorted(read_results(d)["status"] for d in new)
+    assert statuses == ["completed", "skipped", "skipped"]
+    for run_dir in new:
+        results = read_results(run_dir)
+        if results["status"] == "skipped":
+            assert results["same_as"] == str(done[results["config_hash"]])
+            assert not (run_dir / "checkpoints").exists() and not (run_dir / "csv").exists()
+
+
+def test_checkpoints_load_whether_or_not_the_model_was_compiled(compose_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from cnnlab.checkpoint import load, rebuild
+    from cnnlab.config import validate
+
+    cfg = validate(compose_cfg(["model=lenet5", "module.compile=true"]))
+    names = [str(i) for i in range(10)]
+    compiled = rebuild(cfg, names)
+    plain = rebuild(OmegaConf.merge(cfg, {"module": {"compile": False}}), names)
+    # module.compile=true compiles in place: the same keys as the plain model's.
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+    # A model wrapped by torch.compile(model), as other code does, saves _orig_mod. keys.
+    wrapped = torch.compile(plain.model)
+    state = {k: v for k, v in plain.state_dict().items() if not k.startswith("model.")}
+    state.update({f"model.{k}": v for k, v in wrapped.state_dict().items()})
+    assert any("_orig_mod." in k for k in state)
+    path = tmp_path / "wrapped.ckpt"
+    config = OmegaConf.to_container(cfg)
+    torch.save({"state_dict": state, "cnnlab": {"config": config, "class_names": names}}, path)
+    loaded = load(path, device="cpu").module
+    for key, value in plain.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
