@@ -197,6 +197,12 @@ def unique_dir(path: str) -> str:
     return _unique_dirs[path]
 
 
+def sweep_name(*, _root_: DictConfig) -> str:
+    """The run name for a sweep's directory; ``sweep`` when the name is an interpolation, such
+    as the default one built from the model and data that each job of the sweep chooses."""
+    return "sweep" if OmegaConf.is_interpolation(_root_, "name") else str(_root_.name)
+
+
 def count_class_dirs(root: str) -> int:
     """The number of class folders in an image-folder tree (its ``train/`` part if it has one)."""
     base = Path(root).expanduser()
@@ -215,6 +221,8 @@ def register() -> None:
     for name, fn in (("cnnlab.unique_dir", unique_dir), ("cnnlab.class_dirs", count_class_dirs)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    if not OmegaConf.has_resolver("cnnlab.sweep_name"):
+        OmegaConf.register_new_resolver("cnnlab.sweep_name", sweep_name)
     ConfigStore.instance().store(name="train_schema", node=train_schema())
 
 

@@ -20,6 +20,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
+from cnnlab.sweep import job_info, share_machine
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "resume=<its checkpoints/last.ckpt>."
         )
     results: dict[str, Any] = {"name": cfg.name, "status": "running", "run_dir": str(run_dir)}
+    results.update(job_info())
     write_json(run_dir / RESULTS_FILE, results)
     trainer = None
     try:
         cfg = validate(cfg)
+        results.update(share_machine(cfg))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         module = build_module(cfg, datamodule)
