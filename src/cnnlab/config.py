@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab.errors import CnnlabError
+from cnnlab.sweep import job_name, sweep_group
 
 
 class OptimizerName(enum.Enum):
@@ -221,8 +222,14 @@ def register() -> None:
     for name, fn in (("cnnlab.unique_dir", unique_dir), ("cnnlab.class_dirs", count_class_dirs)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
-    if not OmegaConf.has_resolver("cnnlab.sweep_name"):
-        OmegaConf.register_new_resolver("cnnlab.sweep_name", sweep_name)
+    # Not cached: each job of a sweep resolves its own.
+    for name, fn in (
+        ("cnnlab.sweep_name", sweep_name),
+        ("cnnlab.sweep_group", sweep_group),
+        ("cnnlab.job_name", job_name),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     ConfigStore.instance().store(name="train_schema", node=train_schema())
 
 

@@ -19,6 +19,7 @@ from cnnlab.config import validate
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
+from cnnlab.reporting import model_cost
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
 from cnnlab.sweep import job_info, share_machine
 
@@ -117,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         module = build_module(cfg, datamodule)
-        results["params"] = sum(p.numel() for p in module.model.parameters())
+        results.update(model_cost(module.model, datamodule.channels, datamodule.image_size))
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
         results["epochs"] = trainer.current_epoch
