@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from cnnlab import compare
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
-# A few steps of LeNet-5 on 200 training images: seconds per job.
+# Two epochs of two steps of LeNet-5 on 100 training images, tested on 200 images.
 TINY = [
     "model=lenet5",
-    "data.samples_per_class=20",
+    "data.samples_per_class=10",
     "data.val_size=100",
     "data.batch_size=50",
+    "data.eval_batch_size=200",
     "trainer.max_epochs=2",
     "trainer.limit_test_batches=1",
 ]
@@ -184,7 +185,14 @@ def test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline(tmp_path
 @needs_fmnist
 def test_optuna_search_runs_3_trials_and_reports_the_best(tmp_path):
     proc = run_cli(
-        ["-m", "hparams_search=fmnist_optuna", "hydra.sweeper.n_trials=3", *TINY, "test=false"],
+        [
+            "-m",
+            "hparams_search=fmnist_optuna",
+            "hydra.sweeper.n_trials=3",
+            *TINY,
+            "scheduler=cosine",
+            "test=false",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

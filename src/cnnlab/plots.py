@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 # Beyond this many classes the confusion matrix goes to the JSON and PNG only, not the terminal,
 # and its cells carry no numbers.
@@ -52,17 +53,20 @@ def rgb(fig: Figure) -> np.ndarray:
 
 
 def misclassified_figure(images: list[torch.Tensor], titles: list[str]) -> Figure:
+    """The images as one mosaic, each captioned with its title: a single axes draws in a fraction
+    of the time of one axes per image."""
     rows, cols = grid(len(images))
-    fig = Figure(figsize=(1.4 * cols, 1.5 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles, strict=False):
-        # Each image scaled to its own range: the batch arrives normalised.
-        image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
-        picture = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-        ax.imshow(picture.numpy(), cmap="gray" if image.shape[0] == 1 else None)
-        ax.set_title(title, fontsize=6)
-    fig.suptitle("misclassified test images (true -> predicted)")
+    # Each image scaled to its own range: the batch arrives normalised.
+    scaled = [(x - x.min()) / (x.max() - x.min()).clamp_min(1e-12) for x in images]
+    mosaic = make_grid(scaled, nrow=cols, padding=2, pad_value=1.0)
+    fig = Figure(figsize=(1.5 * cols, 1.6 * rows + 0.4))
+    ax = fig.subplots()
+    ax.imshow(mosaic.permute(1, 2, 0).numpy())
+    ax.axis("off")
+    height, width = images[0].shape[-2:]
+    for i, title in enumerate(titles):
+        x, y = (i % cols) * (width + 2) + 2, (i // cols) * (height + 2) + 2
+        ax.text(x, y, title, fontsize=5, va="top", color="yellow", backgroundcolor="black")
+    ax.set_title("misclassified test images (true -> predicted)")
     fig.tight_layout()
     return fig

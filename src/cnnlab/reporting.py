@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from PIL import Image
 
 from cnnlab.plots import confusion_figure, misclassified_figure, rgb
 from cnnlab.summary import summarize
@@ -93,9 +94,9 @@ class ExperimentReport(L.Callback):
             )
         run_dir = Path(trainer.default_root_dir)
         per_class = {f"test_acc_class/{k}": v for k, v in report["per_class_acc"].items()}
-        for key, fig in figures.items():
-            fig.savefig(run_dir / f"{key}.png", dpi=110)
         images = {key: rgb(fig) for key, fig in figures.items()}
+        for key, image in images.items():
+            Image.fromarray(image).save(run_dir / f"{key}.png")
         for logger in trainer.loggers:
             if isinstance(logger, (WandbLogger, TensorBoardLogger, MLFlowLogger)):
                 logger.log_metrics(per_class, step=step)
