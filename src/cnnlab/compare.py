@@ -142,9 +142,12 @@ def load_wandb(project: str) -> list[Run]:
         config = dict(r.config)
         choices = config.pop("choices", {})
         summary = {**dict(r.summary), **config.pop("model_summary", {})}
-        history = r.history(keys=["epoch", *CURVES], pandas=False)
+        # One query per curve: W&B returns only the steps that have every key asked for.
         curves = {
-            name: [(float(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
+            name: [
+                (float(h["epoch"]), float(h[name]))
+                for h in r.history(keys=["epoch", name], pandas=False)
+            ]
             for name in CURVES
         }
         runs.append(
