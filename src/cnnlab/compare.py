@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from cnnlab.checkpoint import command
@@ -258,10 +259,11 @@ def plot_curves(groups: list[Group], by: list[str], path: Path) -> None:
             epochs = sorted(per_epoch)
             mean = [statistics.fmean(per_epoch[e]) for e in epochs]
             std = [statistics.stdev(per_epoch[e]) if len(per_epoch[e]) > 1 else 0.0 for e in epochs]
-            ax.plot(epochs, mean, marker="o", label=label(g, by))
+            [line] = ax.plot(epochs, mean, marker="o", label=label(g, by))
             low = [m - s for m, s in zip(mean, std, strict=True)]
             high = [m + s for m, s in zip(mean, std, strict=True)]
-            ax.fill_between(epochs, low, high, alpha=0.2)
+            ax.fill_between(epochs, low, high, alpha=0.2, color=line.get_color())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
