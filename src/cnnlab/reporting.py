@@ -20,9 +20,11 @@ from cnnlab.plots import confusion_figure, misclassified_figure, rgb
 from cnnlab.summary import summarize
 
 
-def model_cost(model: torch.nn.Module, channels: int, image_size: int) -> dict[str, int]:
-    """Parameters and multiply-accumulates of one forward pass of one image."""
-    _, params, macs = summarize(model, (channels, image_size, image_size))
+def model_cost(module: L.LightningModule) -> dict[str, int]:
+    """Parameters and multiply-accumulates of the model of a ClassificationModule, for one image
+    of the size its preprocessing gives the model."""
+    size = module.preprocess.image_size
+    _, params, macs = summarize(module.model, (module.preprocess.channels, size, size))
     return {"params": params, "macs": macs}
 
 
@@ -56,9 +58,7 @@ class ExperimentReport(L.Callback):
         hparams = {
             **config,
             "choices": choices(),
-            "model_summary": model_cost(
-                pl_module.model, pl_module.preprocess.channels, pl_module.preprocess.image_size
-            ),
+            "model_summary": model_cost(pl_module),
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)

@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         module = build_module(cfg, datamodule)
-        results.update(model_cost(module.model, datamodule.channels, datamodule.image_size))
+        results.update(model_cost(module))
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
         results["epochs"] = trainer.current_epoch

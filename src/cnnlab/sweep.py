@@ -69,9 +69,8 @@ def share_machine(cfg: DictConfig) -> dict[str, Any]:
     jobs = _parallel_jobs()
     if jobs == 1:
         return {}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    torch.set_num_threads(threads)
-    chosen: dict[str, Any] = {"parallel_jobs": jobs, "torch_threads": threads}
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    chosen: dict[str, Any] = {"parallel_jobs": jobs, "torch_threads": torch.get_num_threads()}
     gpus = torch.cuda.device_count()
     uses_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and gpus > 0
     if uses_gpu and cfg.trainer.devices in (1, "1"):
@@ -159,8 +158,8 @@ def print_sweep(summary: dict[str, Any]) -> None:
             print(f"        {label}: {job['detail']}")
     counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
     print(f"sweep: {counts}")
-    if "optuna" in summary:
-        best = summary["optuna"]
+    best = summary.get("optuna", {})
+    if "best_value" in best:  # a single-objective search; multi-objective ones list a front
         print(f"best: {best['best_value']:.4f} with {best['best_params']}")
     # On a line of its own, so that it is never cut and can be copied.
     print(f"sweep_dir: {summary['sweep_dir']}")
