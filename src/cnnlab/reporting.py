@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cnnlab.plots import confusion_figure, misclassified_figure, rgb
@@ -62,6 +63,10 @@ class ExperimentReport(L.Callback):
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
+            if isinstance(logger, TensorBoardLogger):
+                # Without metrics TensorBoard's HParams tab stays empty: show the config as text.
+                text = OmegaConf.to_yaml(hparams).replace("\n", "\n    ")
+                logger.experiment.add_text("config", "    " + text, 0)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.wrong = []
