@@ -1,7 +1,8 @@
 """What a run reports to its experiment loggers (W&B, TensorBoard, MLflow) beyond the metrics
 Lightning logs: the full resolved config with the config-group choices, the model's size (params,
 MACs), and after testing the per-class accuracy, the confusion matrix and a grid of misclassified
-test images. The two figures are also saved as PNGs in the run dir, whatever the loggers.
+test images. The two figures are also saved as PNGs in the run dir when one of those loggers is
+on.
 """
 
 from __future__ import annotations
@@ -46,13 +47,18 @@ def log_image(logger: Logger, key: str, image: np.ndarray, step: int) -> None:
         logger.experiment.log_image(logger.run_id, image, artifact_file=f"{key}.png")
 
 
+IMAGE_LOGGERS = (WandbLogger, TensorBoardLogger, MLFlowLogger)
+
+
 class ExperimentReport(L.Callback):
     """Log the run's config and model size when fitting starts, and its test report (per-class
-    accuracy, confusion matrix, ``misclassified`` wrongly predicted test images) after testing."""
+    accuracy, confusion matrix, ``misclassified`` wrongly predicted test images) after testing
+    to the loggers that take images, saving the figures in the run dir as well."""
 
     def __init__(self, misclassified: int = 32) -> None:
         self.misclassified = misclassified
         self.wrong: list[tuple[torch.Tensor, int, int]] = []
+        self.loggers: list[Logger] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         config: dict[str, Any] = dict(getattr(pl_module, "run_config", None) or {})
@@ -70,11 +76,13 @@ class ExperimentReport(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.wrong = []
+        # Drawing the figures costs about a second: only for loggers that show them.
+        self.loggers = [lg for lg in trainer.loggers if isinstance(lg, IMAGE_LOGGERS)]
 
     def on_test_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if len(self.wrong) >= self.misclassified:
+        if not self.loggers or len(self.wrong) >= self.misclassified:
             return
         x, y = batch  # preprocessed, as test_step saw it
         predicted = pl_module(x).argmax(dim=1)
@@ -83,7 +91,7 @@ class ExperimentReport(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report = getattr(pl_module, "test_report", None)
-        if not report or trainer.global_rank != 0:
+        if not report or not self.loggers or trainer.global_rank != 0:
             return
         names = report["class_names"]
         step = trainer.global_step
@@ -102,8 +110,7 @@ class ExperimentReport(L.Callback):
         images = {key: rgb(fig) for key, fig in figures.items()}
         for key, image in images.items():
             Image.fromarray(image).save(run_dir / f"{key}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, (WandbLogger, TensorBoardLogger, MLFlowLogger)):
-                logger.log_metrics(per_class, step=step)
-                for key, image in images.items():
-                    log_image(logger, key, image, step)
+        for logger in self.loggers:
+            logger.log_metrics(per_class, step=step)
+            for key, image in images.items():
+                log_image(logger, key, image, step)
