@@ -11,6 +11,7 @@ import struct
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from cnnlab import compare
@@ -77,6 +78,7 @@ def wandb_items(records: list, field: str) -> dict:
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_multirun_of_3x2_jobs_compares_as_3_groups_of_2_seeds(tmp_path, capsys):
     proc = run_cli(["-m", *TINY, "scheduler=none,cosine,step", "seed=0,1"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,6 +131,7 @@ def test_multirun_of_3x2_jobs_compares_as_3_groups_of_2_seeds(tmp_path, capsys):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline(tmp_path):
     """Two jobs at once with the joblib launcher, each with half the cores; one fails (3 output
     classes for 10 labels) and the other completes; both log to W&B offline."""
@@ -183,6 +186,7 @@ def test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline(tmp_path
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_optuna_search_runs_3_trials_and_reports_the_best(tmp_path):
     proc = run_cli(
         [
