@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -66,6 +65,8 @@ def share_machine(cfg: DictConfig) -> dict[str, Any]:
     """Give this job its share of a machine that parallel jobs run on: the CPU cores divided
     between them for torch's threads, and one GPU of its own (round robin over job numbers)
     when it trains on one GPU. Returns what was chosen, for results.json."""
+    import torch  # here, not at the top: cnnlab.config imports this module for its resolvers
+
     jobs = _parallel_jobs()
     if jobs == 1:
         return {}
@@ -97,6 +98,8 @@ def job_failed(error: Exception) -> None:
         log.error("job failed: %s", error)
     else:
         log.error("job failed", exc_info=error)
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
