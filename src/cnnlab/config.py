@@ -30,6 +30,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab.errors import CnnlabError
+from cnnlab.sweep import job_name, sweep_group
 
 
 class OptimizerName(enum.Enum):
@@ -254,6 +255,12 @@ def unique_dir(path: str) -> str:
     return _unique_dirs[path]
 
 
+def sweep_name(*, _root_: DictConfig) -> str:
+    """The run name for a sweep's directory; ``sweep`` when the name is an interpolation, such
+    as the default one built from the model and data that each job of the sweep chooses."""
+    return "sweep" if OmegaConf.is_interpolation(_root_, "name") else str(_root_.name)
+
+
 def count_class_dirs(root: str) -> int:
     """The number of class folders in an image-folder tree (its ``train/`` part if it has one)."""
     base = Path(root).expanduser()
@@ -281,6 +288,14 @@ def register() -> None:
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    # Not cached: each job of a sweep resolves its own.
+    for name, fn in (
+        ("cnnlab.sweep_name", sweep_name),
+        ("cnnlab.sweep_group", sweep_group),
+        ("cnnlab.job_name", job_name),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     ConfigStore.instance().store(name="train_schema", node=train_schema())
 
 

@@ -12,7 +12,6 @@ import hashlib
 import sys
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich import box
@@ -23,12 +22,11 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from cnnlab.checkpoint import Trained, add_common_arguments, command, load, load_test_split
 from cnnlab.config import register
 from cnnlab.errors import CnnlabError
+from cnnlab.plots import PRINTED_CLASSES, confusion_figure
 from cnnlab.results import write_json
 from cnnlab.train import config_dir
 
 TTA_CHOICES = ("none", "flip")
-# Beyond this many classes the confusion matrix goes to the JSON and PNG only, not the terminal.
-PRINTED_CLASSES = 20
 
 
 def parse_overrides(overrides: list[str]) -> tuple[str | None, list[str], str]:
@@ -108,30 +106,6 @@ def evaluate(trained: Trained, datamodule, flip: bool = False) -> dict:
     }
 
 
-def plot_confusion(matrix: list[list[int]], class_names: list[str], title: str, path: Path):
-    """Rows (true classes) coloured by their share, so that rare classes show as clearly."""
-    counts = [[int(c) for c in row] for row in matrix]
-    shares = [[c / max(1, sum(row)) for c in row] for row in counts]
-    n = len(class_names)
-    size = max(5.0, 0.45 * n + 2)
-    fig = Figure(figsize=(size + 1, size))
-    ax = fig.subplots()
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    if n <= PRINTED_CLASSES:
-        for i, row in enumerate(counts):
-            for j, count in enumerate(row):
-                colour = "white" if shares[i][j] > 0.5 else "black"
-                ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
-        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def print_report(report: dict) -> None:
     console = Console(soft_wrap=True)
     console.print(
@@ -199,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, png_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".png")
     write_json(json_path, report)
     title = f"{trained.run_dir.name}: top-1 {report['test_acc']:.4f}"
-    plot_confusion(report["confusion_matrix"], report["class_names"], title, png_path)
+    fig = confusion_figure(report["confusion_matrix"], report["class_names"], title)
+    fig.savefig(png_path, dpi=120)
     print(f"wrote {json_path} and {png_path}")
     return 0
 

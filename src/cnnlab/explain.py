@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from cnnlab.checkpoint import Trained, add_common_arguments, command, load
 from cnnlab.errors import CnnlabError
+from cnnlab.plots import grid
 from cnnlab.predict import decode, find_images
 
 # Feature maps and filters beyond these counts make unreadably small tiles.
@@ -113,12 +113,6 @@ def shown(image: torch.Tensor):
     if image.shape[0] == 1:
         return image[0].numpy(), "gray"
     return image.permute(1, 2, 0).numpy(), None
-
-
-def grid(count: int) -> tuple[int, int]:
-    """(rows, columns) of a near-square grid."""
-    cols = math.ceil(math.sqrt(count))
-    return math.ceil(count / cols), cols
 
 
 def plot_cams(images, cams, titles: list[str], path: Path) -> None:

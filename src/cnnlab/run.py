@@ -21,7 +21,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.faults import AtomicCheckpointIO
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
+from cnnlab.reporting import model_cost
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
+from cnnlab.sweep import job_info, share_machine
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +128,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if job.same_as is not None:
         return runs.skip(job)
     cfg, run_dir, results = job.config, job.run_dir, job.results
+    results.update(job_info())
     trainer = None
     try:
         cfg = validate(cfg)
+        results.update(share_machine(cfg))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         module = build_module(cfg, datamodule)
-        results["params"] = sum(p.numel() for p in module.model.parameters())
+        results.update(model_cost(module))
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
         results["epochs"] = runs.epochs_done(trainer, run_dir)

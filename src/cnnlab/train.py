@@ -24,12 +24,18 @@ register()
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from cnnlab.run import train
+    from cnnlab.sweep import in_multirun, job_failed
 
     try:
         results = train(cfg)
-    except CnnlabError as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:
+        if in_multirun():
+            job_failed(e)  # recorded in the job's run dir; the other jobs go on
+            return None
+        if isinstance(e, CnnlabError):
+            print(f"cnnlab: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
     return results.get("best_val_acc")
 
 
