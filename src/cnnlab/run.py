@@ -20,6 +20,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.loggers import finish_wandb
 from cnnlab.module import ClassificationModule
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
+from cnnlab.transfer import prepare as prepare_transfer
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,33 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
 
 
-def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
+def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> ClassificationModule:
+    """The LightningModule of ``cfg``; ``load_weights=False`` leaves the transfer strategy's
+    weights out (a checkpoint will fill the model)."""
+    model = instantiate(cfg.model)
+    augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
+    callbacks = prepare_transfer(
+        model,
+        cfg.transfer,
+        datamodule.num_classes,
+        datamodule.channels,
+        datamodule.image_size,
+        augmented=not isinstance(augmentation, (torch.nn.Identity, type(None))),
+        load=load_weights,
+    )
     module = ClassificationModule(
-        model=instantiate(cfg.model),
+        model=model,
         num_classes=datamodule.num_classes,
         channels=datamodule.channels,
         image_size=datamodule.image_size,
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
-        augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
+        augmentation=augmentation,
         class_names=datamodule.class_names,
         **cfg.module,
     )
     module.run_config = OmegaConf.to_container(cfg)
+    module.transfer_callbacks = callbacks
     return module
 
 
