@@ -64,7 +64,7 @@ def torchvision_weights(name: str, arch: str | None = None) -> tv_models.Weights
     torchvision model name) a member of its enum such as ``IMAGENET1K_V1`` or ``DEFAULT``."""
     if arch is not None and "." not in name:
         enum = tv_models.get_model_weights(arch)
-        choices = ["DEFAULT", *enum.__members__]
+        choices = list(enum.__members__)  # DEFAULT is one of them
         if name not in choices:
             raise CnnlabError(
                 f"model.weights={name!r} is not a weights name of torchvision's {arch}: "
