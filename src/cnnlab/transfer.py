@@ -22,6 +22,7 @@ blocks train (cnnlab.freeze).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ from cnnlab.feature_cache import FeatureCacheCallback, head_input
 from cnnlab.freeze import freeze, parameter_table, unfreeze
 from cnnlab.optim import add_param_groups, parameter_groups
 from cnnlab.weights import classifier_layers, load_weights, resolve
+
+# Frozen BatchNorm layers are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
