@@ -23,9 +23,9 @@ from cnnlab.freeze import is_frozen_norm
 from cnnlab.models.backbones import torchvision_model
 from cnnlab.models.resnet import ResNet
 from cnnlab.models.vgg import VGG
-from cnnlab.optim import add_param_groups, build_scheduler
+from cnnlab.optim import add_param_groups, build_scheduler, parameter_groups
 from cnnlab.run import build_module, train
-from cnnlab.transfer import cut, cut_points
+from cnnlab.transfer import cut, cut_points, lr_scales
 from cnnlab.weights import hub_dir, load_weights, resolve
 from conftest import CONF, needs_fmnist, run_cli, run_dirs
 
@@ -340,3 +340,15 @@ def test_imagenet_mobilenet_feature_extraction_from_the_command_line(tmp_path):
     assert "311 tensors loaded, 2 re-initialised" in proc.stdout + proc.stderr
     assert "features" in proc.stdout + proc.stderr and "frozen" in proc.stdout + proc.stderr
     assert run_dirs(tmp_path)
+
+
+def test_discriminative_learning_rates_decay_towards_the_input():
+    model = ResNet(10, 1, widths=[16, 32, 64], blocks=[1, 1, 1])
+    scales = lr_scales(model, backbone_scale=0.1, layer_decay=0.5)
+    groups = parameter_groups(model.named_parameters(), 0.0, True, lr=1.0, lr_scales=scales)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(model.fc.weight)] == 1.0
+    assert lr_of[id(model.layer3[0].conv1.weight)] == pytest.approx(0.1 * 0.5)
+    assert lr_of[id(model.layer1[0].conv1.weight)] == pytest.approx(0.1 * 0.5**3)
+    assert lr_of[id(model.conv1.weight)] == pytest.approx(0.1 * 0.5**5)  # blocks: conv1, bn1...
+    assert len(lr_of) == len(list(model.parameters()))
