@@ -247,7 +247,9 @@ def prepare(
     callbacks: list[L.Callback] = []
     if strategy is TransferStrategy.partial:
         kept = cut(model, str(cfg.cut_at), num_classes, channels, image_size)
-        rank_zero_info(f"transfer: cut after {kept}; new head {getattr(model, head_name(model))}")
+        if load:
+            head = getattr(model, head_name(model))
+            rank_zero_info(f"transfer: cut after {kept}; new head {head}")
     frozen = {TransferStrategy.feature_extract, TransferStrategy.two_stage}
     if strategy in frozen or (strategy is TransferStrategy.partial and cfg.freeze_kept):
         freeze(backbone(model))
@@ -261,5 +263,6 @@ def prepare(
         model.lr_scales = lr_scales(model, cfg.backbone_lr_scale, cfg.layer_decay)
     if cfg.cache_features:
         callbacks.append(FeatureCacheCallback(head_name(model)))
-    rank_zero_info(f"transfer: {strategy.value}\n{parameter_table(model)}")
+    if load:  # for training; a rebuilt model's checkpoint says nothing about it
+        rank_zero_info(f"transfer: {strategy.value}\n{parameter_table(model)}")
     return callbacks
