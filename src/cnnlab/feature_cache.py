@@ -3,9 +3,10 @@
 With the backbone frozen (BatchNorm included) and no augmentation, the head's input for an image
 never changes, so the source texts advise computing it once and training the head on the stored
 tensors. The cache keys each image by a hash of its preprocessed pixels, which needs no change to
-the data modules and stays right whatever the batch order: a training image is computed in the
-first epoch and looked up afterwards, and the validation images likewise. The features are those
-of the backbone in eval mode, as frozen layers are; the head trains as usual (its dropout too).
+the data modules and stays right whatever the batch order: the training images are computed
+before the first epoch, the validation images in the first validation, and looked up after.
+The features are those of the backbone in eval mode, as frozen layers are; the head trains as
+usual (its dropout too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 
 class _HeadReached(Exception):
@@ -54,7 +56,8 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.features)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def add(self, x: torch.Tensor) -> list[bytes]:
+        """Compute and store the features of the images of ``x`` not seen yet; their keys."""
         pixels = x.detach().cpu().numpy()
         keys = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in pixels]
         new = [i for i, key in enumerate(keys) if key not in self.rows]
@@ -63,17 +66,34 @@ class FeatureCache:
                 if keys[i] not in self.rows:  # an image may come twice in a batch
                     self.rows[keys[i]] = len(self.features)
                     self.features.append(row)
+        return keys
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        keys = self.add(x)
         return self.head(torch.stack([self.features[self.rows[key]] for key in keys]))
 
 
 class FeatureCacheCallback(L.Callback):
-    """Gives the LightningModule a feature cache for fitting; testing runs the whole model."""
+    """Gives the LightningModule a feature cache for fitting, filled with the whole training set
+    before the first epoch; testing runs the whole model."""
 
     def __init__(self, head: str) -> None:
         self.head = head
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.feature_cache = FeatureCache(pl_module.model, self.head)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        cache = pl_module.feature_cache = FeatureCache(pl_module.model, self.head)
+        # In order and to the last image: filled lazily, the cache would meet new images in the
+        # later epochs too (those that shuffling and drop_last left out), each a backbone run.
+        loader = trainer.train_dataloader
+        ordered = DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            collate_fn=loader.collate_fn,
+            generator=torch.Generator(),  # leaves the global random state, hence shuffling, alone
+        )
+        for images, labels in ordered:
+            batch = (images.to(pl_module.device), labels)
+            cache.add(pl_module.on_after_batch_transfer(batch, 0)[0])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.feature_cache = None
