@@ -12,6 +12,7 @@ usual (its dropout too).
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import lightning as L
 import torch
@@ -91,7 +92,10 @@ class FeatureCacheCallback(L.Callback):
             collate_fn=loader.collate_fn,
             generator=torch.Generator(),  # leaves the global random state, hence shuffling, alone
         )
-        for images, labels in ordered:
+        # limit_train_batches and fast_dev_run train on a few batches: cache no more than those.
+        limited = trainer.num_training_batches < len(loader)
+        batches = itertools.islice(ordered, trainer.num_training_batches) if limited else ordered
+        for images, labels in batches:
             batch = (images.to(pl_module.device), labels)
             cache.add(pl_module.on_after_batch_transfer(batch, 0)[0])
 
