@@ -245,3 +245,11 @@ def as_augmentation(augmentation: nn.Module | None) -> Augmentation:
     if isinstance(augmentation, Augmentation):
         return augmentation
     return Augmentation({"augment": augmentation})
+
+
+def changes_images(augmentation: nn.Module | None) -> bool:
+    """Whether an instantiated ``augmentation`` group alters training images (``none`` is an
+    :class:`Augmentation` without operations)."""
+    if augmentation is None or isinstance(augmentation, nn.Identity):
+        return False
+    return not isinstance(augmentation, Augmentation) or len(augmentation.ops) > 0

@@ -122,9 +122,10 @@ def read_checkpoint(path: Path) -> dict:
 def rebuild(config: DictConfig, class_names: list[str]) -> ClassificationModule:
     """The run's module, built by training's own ``build_module`` from the stored config."""
     model_cfg = config.model
-    if "pretrained" in model_cfg:
-        # The checkpoint holds the weights: never fetch a library's pretrained ones again.
-        model_cfg.pretrained = False
+    # The checkpoint holds the weights: never fetch a library's pretrained ones again.
+    for key, off in (("pretrained", False), ("weights", None), ("weights_file", None)):
+        if key in model_cfg:
+            model_cfg[key] = off
     data = config.data
     shape = SimpleNamespace(
         num_classes=data.num_classes,
@@ -133,7 +134,7 @@ def rebuild(config: DictConfig, class_names: list[str]) -> ClassificationModule:
         class_names=class_names,
     )
     try:
-        return build_module(config, shape)
+        return build_module(config, shape, load_weights=False)
     except CnnlabError:
         raise
     except Exception as e:

@@ -47,6 +47,10 @@ class SchedulerName(enum.Enum):
 
 class TransferStrategy(enum.Enum):
     scratch = "scratch"
+    finetune = "finetune"
+    feature_extract = "feature_extract"
+    partial = "partial"
+    two_stage = "two_stage"
 
 
 @dataclass
@@ -83,7 +87,20 @@ class ModuleConfig:
 
 @dataclass
 class TransferConfig:
+    """The options of cnnlab.transfer's strategies (conf/transfer/*.yaml say which is whose)."""
+
     strategy: TransferStrategy = TransferStrategy.scratch
+    # A weights file (.pth, .safetensors, .ckpt), an earlier run's directory or torchvision name.
+    init_from: Optional[str] = None
+    cut_at: Optional[str] = None
+    freeze_kept: bool = False
+    cache_features: bool = False
+    backbone_lr_scale: float = 1.0
+    layer_decay: Optional[float] = None
+    unfreeze_epoch: int = 1
+    unfreeze_blocks: Optional[int] = None
+    stage2_lr: float = 1e-3
+    keep_bn_frozen: bool = False
 
 
 class TTAMode(enum.Enum):

@@ -84,6 +84,10 @@ class ClassificationModule(L.LightningModule):
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
+        # Set by the transfer strategy (cnnlab.transfer): its callbacks, and while fitting with
+        # transfer.cache_features, the cache that stands in for the frozen backbone.
+        self.transfer_callbacks: list[L.Callback] = []
+        self.feature_cache = None
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -108,12 +112,15 @@ class ClassificationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
+    def run_model(self, x: torch.Tensor):
+        return self.model(x) if self.feature_cache is None else self.feature_cache(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return split_outputs(self.model(x))[0]
+        return split_outputs(self.run_model(x))[0]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits, aux = split_outputs(self.model(x))
+        logits, aux = split_outputs(self.run_model(x))
         # Mixup and CutMix give soft targets (N, K), which cross_entropy takes as probabilities.
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         for aux_logits in aux:
@@ -166,6 +173,9 @@ class ClassificationModule(L.LightningModule):
         }
         self.test_per_class.reset()
         self.test_confusion.reset()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return self.transfer_callbacks
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optimizer_cfg)

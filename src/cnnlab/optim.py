@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from omegaconf import DictConfig
@@ -11,21 +12,39 @@ from torch import nn
 from cnnlab.config import OptimizerName, SchedulerName
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list:
-    """Trainable parameters, split so that weight decay skips BatchNorm scales and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    decay_norm_and_bias: bool,
+    lr: float,
+    lr_scales: dict[str, float] | None = None,
+) -> list[dict]:
+    """Trainable parameters, split so that weight decay skips BatchNorm scales and biases, and
+    by learning rate: ``lr`` times ``lr_scales[name]`` (1 for a name not in it), which transfer
+    strategies set for discriminative learning rates."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        (decay if p.ndim > 1 or decay_norm_and_bias else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        decay = p.ndim > 1 or decay_norm_and_bias
+        groups.setdefault((decay, (lr_scales or {}).get(name, 1.0)), []).append(p)
+    # Decayed groups first: with one learning rate, the first group is the decayed one.
+    order = sorted(groups, key=lambda key: (not key[0], -key[1]))
+    return [
+        {"params": groups[decay, scale], "weight_decay": weight_decay * decay, "lr": lr * scale}
+        for decay, scale in order
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    # Transfer strategies leave per-parameter learning-rate scales on the model (cnnlab.transfer).
+    groups = parameter_groups(
+        model.named_parameters(),
+        cfg.weight_decay,
+        cfg.decay_norm_and_bias,
+        cfg.lr,
+        getattr(model, "lr_scales", None),
+    )
     if OptimizerName(cfg.name) is OptimizerName.sgd:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -59,3 +78,31 @@ def build_scheduler(
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def add_param_groups(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    groups: list[dict],
+) -> None:
+    """Add ``groups`` to a running optimizer and its per-step schedule. Each new group's ``lr`` is
+    its peak: from now on it follows the rest of the schedule as the first group does, scaled by
+    the ratio of the two peaks."""
+    first = optimizer.param_groups[0]
+    peak = first.get("max_lr", first.get("initial_lr", first["lr"]))
+    for group in groups:
+        lr = group["lr"]
+        optimizer.add_param_group(group)
+        new = optimizer.param_groups[-1]
+        new["lr"] = first["lr"] * lr / peak
+        if scheduler is None:
+            continue
+        new["initial_lr"] = first["initial_lr"] * lr / peak
+        if "max_lr" in first:  # one-cycle: every group carries its own anchors, and momentum
+            new["max_lr"], new["min_lr"] = lr, first["min_lr"] * lr / peak
+            for key in ("momentum", "betas", "base_momentum", "max_momentum"):
+                if key in first:
+                    new[key] = first[key]
+        else:  # LambdaLR: one base learning rate and one factor function per group
+            scheduler.base_lrs.append(new["initial_lr"])
+            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

@@ -16,6 +16,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import runs
+from cnnlab.augment import changes_images
 from cnnlab.config import validate
 from cnnlab.errors import CnnlabError
 from cnnlab.faults import AtomicCheckpointIO
@@ -24,6 +25,7 @@ from cnnlab.module import ClassificationModule
 from cnnlab.reporting import model_cost
 from cnnlab.results import RESULTS_FILE, print_summary, write_json
 from cnnlab.sweep import job_info, share_machine
+from cnnlab.transfer import prepare as prepare_transfer
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +78,34 @@ def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
     )
 
 
-def build_module(cfg: DictConfig, datamodule) -> ClassificationModule:
+def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> ClassificationModule:
+    """The LightningModule of ``cfg``; ``load_weights=False`` leaves the transfer strategy's
+    weights out (a checkpoint will fill the model)."""
+    model = instantiate(cfg.model)
+    augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
+    callbacks = prepare_transfer(
+        model,
+        cfg.transfer,
+        datamodule.num_classes,
+        datamodule.channels,
+        datamodule.image_size,
+        augmented=changes_images(augmentation),
+        load=load_weights,
+    )
     module = ClassificationModule(
-        model=instantiate(cfg.model),
+        model=model,
         num_classes=datamodule.num_classes,
         channels=datamodule.channels,
         image_size=datamodule.image_size,
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
-        augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
+        augmentation=augmentation,
         class_names=datamodule.class_names,
         tta=cfg.eval.tta,
         **cfg.module,
     )
     module.run_config = OmegaConf.to_container(cfg)
+    module.transfer_callbacks = callbacks
     return module
 
 

@@ -16,15 +16,18 @@
   (efficientnet_*, tf_efficientnet_*, mobilenetv1_*, mobilenetv2_*, mobilenetv3_*, mnasnet_*...);
   any other model raises an error that suggests ``input_size``.
 
-Each returned model has a ``min_input_size`` attribute, the smallest square input it accepts.
-Weights are only ever loaded by the libraries themselves (torchvision reads
-$TORCH_HOME/hub/checkpoints, timm the Hugging Face cache) and only with ``pretrained=True``.
+Each returned model has a ``min_input_size`` attribute, the smallest square input it accepts,
+and a ``weights_report`` (:class:`cnnlab.weights.LoadReport`, None without weights). Weights are
+loaded by the libraries themselves: torchvision's ``weights`` (``IMAGENET1K_V1``, ``DEFAULT``...)
+from $TORCH_HOME/hub/checkpoints or the web, timm's ``pretrained`` weights from the Hugging Face
+cache or the web, or from a local ``weights_file`` through timm's ``pretrained_cfg_overlay``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+from pathlib import Path
 
 import timm
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 from cnnlab.errors import CnnlabError
+from cnnlab.weights import LoadReport, classifier_layers, fetch_error, torchvision_weights
 
 # The families whose stem ``small_input`` can make stride 1: for each, the module holding the
 # stem's strided convolution (its first convolution is changed) and the stem's max pooling, which
@@ -73,14 +77,39 @@ def timm_model(
     pretrained: bool = False,
     small_input: bool = False,
     input_size: int | None = None,
+    weights_file: str | None = None,
 ) -> nn.Module:
     """timm's ``name`` (an optional ``.tag`` picks pretrained weights) with ``num_classes``
-    outputs; timm itself adapts the first convolution to ``in_chans``."""
+    outputs; timm itself adapts the first convolution to ``in_chans`` and drops a classifier of
+    another class count. ``weights_file``: the pretrained weights from this local file."""
     if not timm.is_model(name):
         raise unknown_model(name, "timm", timm.list_models())
-    model = timm.create_model(
-        name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
-    )
+    overlay = None
+    if weights_file is not None:
+        if not Path(weights_file).expanduser().is_file():
+            raise BackboneError(
+                f"model.weights_file={weights_file!r} is not a file. Give the path of timm "
+                f"weights for {name} (.safetensors, .pth or .bin)."
+            )
+        overlay = {"file": str(Path(weights_file).expanduser())}
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=pretrained or overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            num_classes=num_classes,
+            in_chans=in_chans,
+        )
+    except (OSError, RuntimeError) as e:  # the hub unreachable, or a file of other weights
+        raise BackboneError(
+            f"timm could not load the pretrained weights of {name} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline, "
+            "download them elsewhere and give model.weights_file=<path>."
+        ) from None
+    model.weights_report = None
+    if pretrained or overlay is not None:
+        source = overlay["file"] if overlay else "the Hugging Face hub"
+        model.weights_report = LoadReport(f"timm {name} ({source})")
     cfg = model.pretrained_cfg
     if cfg.get("fixed_input_size"):
         min_size = cfg["input_size"][-1]
@@ -96,13 +125,24 @@ def torchvision_model(
     pretrained: bool = False,
     small_input: bool = False,
     input_size: int | None = None,
+    weights: str | None = None,
 ) -> nn.Module:
-    """torchvision's ``name`` with its default weights if ``pretrained``, its classifier replaced
-    by one with ``num_classes`` outputs and its first convolution adapted to ``in_chans``."""
+    """torchvision's ``name`` with its classifier replaced by one with ``num_classes`` outputs and
+    its first convolution adapted to ``in_chans``. ``weights``: a weights name of the model
+    (``IMAGENET1K_V1``, ``DEFAULT``...); ``pretrained`` is short for ``weights=DEFAULT``."""
     known = tv_models.list_models(module=tv_models)
     if name not in known:
         raise unknown_model(name, "torchvision", known)
-    model = tv_models.get_model(name, weights="DEFAULT" if pretrained else None)
+    chosen = torchvision_weights(weights or "DEFAULT", name) if weights or pretrained else None
+    try:
+        model = tv_models.get_model(name, weights=chosen)
+    except Exception as e:  # only fetching the weights can fail here
+        if chosen is None:
+            raise
+        raise fetch_error(chosen, e) from None
+    model.weights_report = None
+    if chosen is not None:
+        model.weights_report = LoadReport(f"torchvision {chosen}", list(model.state_dict()))
     replace_heads(model, num_classes)
     adapt_first_conv(model, in_chans)
     min_size = tv_models.get_model_weights(name).DEFAULT.meta["min_size"][0]
@@ -114,14 +154,15 @@ def torchvision_model(
 def replace_heads(model: nn.Module, num_classes: int) -> None:
     """Give the classifier ``num_classes`` outputs: the last Linear layer, together with every
     other Linear of the same output count (the auxiliary classifiers of GoogLeNet and Inception
-    v3)."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    # SqueezeNet has no Linear layer: it classifies with its last (1x1) convolution.
-    layers = layers or [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][-1:]
-    outputs = layers[-1][1].weight.shape[0]
-    for path, layer in layers:
-        if layer.weight.shape[0] != outputs:
-            continue
+    v3); SqueezeNet's last (1x1) convolution, with which it classifies."""
+    report = getattr(model, "weights_report", None)
+    for path, layer in classifier_layers(model):
+        if layer.weight.shape[0] == num_classes:
+            continue  # a pretrained classifier of the same classes stays
+        if report is not None:
+            keys = [f"{path}.{p}" for p, _ in layer.named_parameters()]
+            report.loaded = [k for k in report.loaded if k not in keys]
+            report.reinitialised += keys
         if isinstance(layer, nn.Linear):
             head = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
         else:
@@ -141,9 +182,13 @@ def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
             "pretrained torchvision GoogLeNet and Inception v3 renormalise the three RGB channels "
             "of their input: use 3-channel data (data.channels=3)"
         )
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    path, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     conv.weight = nn.Parameter(adapt_input_conv(in_chans, conv.weight.detach()))
     conv.in_channels = in_chans
+    report = getattr(model, "weights_report", None)
+    if report is not None:
+        report.loaded.remove(f"{path}.weight")
+        report.adapted.append(f"{path}.weight")
 
 
 def resize_input(module: nn.Module, args: tuple, size: int) -> tuple:
