@@ -18,7 +18,7 @@ SCALED_SIBLINGS = {
     "resnet101", "resnet152",  # resnet50
     "resnet32", "resnet44", "resnet56", "resnet110",  # resnet20
     "plain56",  # plain20
-    "vgg13", "vgg19", "vgg16_bn",  # vgg11, vgg16, vgg11_bn
+    "vgg13", "vgg16", "vgg19", "vgg16_bn",  # vgg11, vgg11_bn
 }  # fmt: skip
 MODELS = [
     pytest.param(name, marks=pytest.mark.heavy) if name in SCALED_SIBLINGS else name

@@ -58,8 +58,11 @@ def kill_when_printed(proc: subprocess.Popen, line_start: str, timeout: float = 
 
 
 def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv without data_wait_frac, a measured time that differs from run to run."""
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        return [
+            {k: v for k, v in row.items() if k != "data_wait_frac"} for row in csv.DictReader(f)
+        ]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -136,6 +136,7 @@ def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.heavy  # two more process starts; refusing another scheduler kind stays in make test
 def test_resume_refuses_a_one_cycle_schedule_of_another_length(tmp_path):
     first = run_cli(["debug=limit", "trainer.max_epochs=1", "name=onecycle"], cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -130,7 +130,7 @@ class ClassificationModule(L.LightningModule):
         self.train_loss.update(loss.detach())
         # self.log costs about a millisecond of Python per call, a lot next to a small model's
         # step: log the step loss only on the steps the loggers write.
-        if self.trainer._logger_connector.should_update_logs:
+        if self._trainer is not None and self._trainer._logger_connector.should_update_logs:
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 

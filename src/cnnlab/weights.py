@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from timm.models import adapt_input_conv
 from torch import nn
 from torchvision import models as tv_models
 
@@ -187,6 +186,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         elif key in heads:
             report.reinitialised.append(key)
         elif key == first_conv and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
+            from timm.models import adapt_input_conv  # timm takes 1.5 s to import
+
             fitted[key] = adapt_input_conv(want[1], value)
             report.adapted.append(key)
         else:
