@@ -10,7 +10,6 @@ benchmark's hand-written loop and from cnnlab's Trainer, interleaved.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from hydra.utils import instantiate
 from cnnlab.summary import compose_config, summarize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import cnnlab_step, plain_step  # noqa: E402
+from overhead import cnnlab_step, plain_step, step_timing_parser  # noqa: E402
 
 
 def gemm_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -38,11 +37,8 @@ def gemm_flops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = step_timing_parser(__doc__)
     parser.add_argument("--model", default="resnet_small")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     cfg = compose_config([f"model={args.model}"])
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)

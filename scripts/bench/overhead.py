@@ -101,12 +101,18 @@ def plain_step(model: str, steps: int, warmup: int, out: Path) -> float:
     return per_step(starts, end, warmup)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="resnet_small,lenet5")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
+def step_timing_parser(doc: str, steps: int = 40, warmup: int = 5) -> argparse.ArgumentParser:
+    """The options of the scripts that time training steps: --steps, --warmup, --repeats."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
     parser.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+def main() -> None:
+    parser = step_timing_parser(__doc__, steps=60, warmup=10)
+    parser.add_argument("--models", default="resnet_small,lenet5")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:

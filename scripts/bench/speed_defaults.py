@@ -9,7 +9,6 @@ milliseconds per step and the speed-up over the default (>1: the variant is fast
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import cnnlab_step  # noqa: E402
+from overhead import cnnlab_step, step_timing_parser  # noqa: E402
 
 # name: (overrides, torch threads or None for the default)
 VARIANTS: dict[str, tuple[tuple[str, ...], int | None]] = {
@@ -31,11 +30,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], int | None]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = step_timing_parser(__doc__)
     parser.add_argument("--model", default="resnet_small")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
