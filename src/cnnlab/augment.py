@@ -248,8 +248,6 @@ def as_augmentation(augmentation: nn.Module | None) -> Augmentation:
 
 
 def changes_images(augmentation: nn.Module | None) -> bool:
-    """Whether an instantiated ``augmentation`` group alters training images (``none`` is an
-    :class:`Augmentation` without operations)."""
-    if augmentation is None or isinstance(augmentation, nn.Identity):
-        return False
-    return not isinstance(augmentation, Augmentation) or len(augmentation.ops) > 0
+    """Whether an instantiated ``augmentation`` group alters training images (``none`` is a
+    pipeline without operations)."""
+    return len(as_augmentation(augmentation).ops) > 0
