@@ -51,6 +51,11 @@ GOOGLENET_TABLE: dict[str, InceptionFilters] = {
 }
 
 
+def scaled(channels: int, width: float) -> int:
+    """A width-multiplied layer width (as MobileNet's alpha does to its table), at least 1."""
+    return max(1, round(channels * width))
+
+
 class BasicConv2d(nn.Module):
     """A same-padded convolution and a ReLU ("all the convolutions [...] use rectified linear
     activation"); with ``batch_norm``, BatchNorm in between takes the place of the conv bias."""
@@ -148,14 +153,16 @@ class InceptionAux(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.7,
         adaptive_pool: bool = False,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         self.adaptive_pool = adaptive_pool
-        self.conv = BasicConv2d(in_channels, 128, 1, batch_norm=batch_norm)
-        self.fc1 = nn.Linear(128 * 4 * 4, 1024)
+        channels, hidden = scaled(128, width), scaled(1024, width)
+        self.conv = BasicConv2d(in_channels, channels, 1, batch_norm=batch_norm)
+        self.fc1 = nn.Linear(channels * 4 * 4, hidden)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.adaptive_pool and min(x.shape[-2:]) >= 14:
@@ -179,9 +186,12 @@ class GoogLeNet(nn.Module):
     every convolution. ``large_kernel`` is the kernel size of the "5x5" branch and
     ``pool4_kernel`` that of the max pooling between 4e and 5a. ``se_reduction`` appends a
     squeeze-and-excitation block with that reduction ratio to every inception module.
-    """
 
-    min_input_size: int = 31
+    For experiments on a CPU, ``width`` multiplies every width of table 1 (stem, inception
+    branches, auxiliary heads), and ``small_input`` makes the first convolution stride 1 and drops
+    the first max pooling: a 28x28 input then gives the stages the 14, 7 and 4 sided maps that a
+    112x112 input gives the paper's network.
+    """
 
     def __init__(
         self,
@@ -197,26 +207,32 @@ class GoogLeNet(nn.Module):
         dropout: float = 0.4,
         aux_dropout: float = 0.7,
         se_reduction: int | None = None,
+        width: float = 1.0,
+        small_input: bool = False,
     ) -> None:
         super().__init__()
 
         def lrn_layer() -> nn.Module:
             return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
 
-        self.conv1 = BasicConv2d(in_chans, 64, 7, stride=2, batch_norm=batch_norm)
-        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        # The stem halves the input twice; the three max poolings that follow, three times more.
+        self.min_input_size = 8 if small_input else 31
+        stem, reduced = scaled(64, width), scaled(192, width)
+        self.conv1 = BasicConv2d(
+            in_chans, stem, 7, stride=1 if small_input else 2, batch_norm=batch_norm
+        )
+        self.maxpool1 = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, ceil_mode=True)
         self.lrn1 = lrn_layer()
         # Table 1's "convolution 3x3" row: a 1x1 reduction (conv2), then the 3x3 (conv3).
-        self.conv2 = BasicConv2d(64, 64, 1, batch_norm=batch_norm)
-        self.conv3 = BasicConv2d(64, 192, 3, batch_norm=batch_norm)
+        self.conv2 = BasicConv2d(stem, stem, 1, batch_norm=batch_norm)
+        self.conv3 = BasicConv2d(stem, reduced, 3, batch_norm=batch_norm)
         self.lrn2 = lrn_layer()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
-        channels = 192
+        channels = reduced
         for name, filters in GOOGLENET_TABLE.items():
-            module = Inception(
-                channels, filters, bottleneck, batch_norm, large_kernel, se_reduction
-            )
+            widths = InceptionFilters(*(scaled(c, width) for c in filters))
+            module = Inception(channels, widths, bottleneck, batch_norm, large_kernel, se_reduction)
             self.add_module(f"inception{name}", module)
             channels = module.out_channels
         self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
@@ -225,7 +241,7 @@ class GoogLeNet(nn.Module):
         self.aux1: InceptionAux | None = None
         self.aux2: InceptionAux | None = None
         if aux_logits:
-            aux_args = (num_classes, batch_norm, aux_dropout, aux_adaptive_pool)
+            aux_args = (num_classes, batch_norm, aux_dropout, aux_adaptive_pool, width)
             self.aux1 = InceptionAux(self.inception4a.out_channels, *aux_args)
             self.aux2 = InceptionAux(self.inception4d.out_channels, *aux_args)
 
