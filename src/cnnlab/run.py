@@ -157,6 +157,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
         results["epochs"] = runs.epochs_done(trainer, run_dir)
         results["best_val_acc"], best = _best(trainer)
+        # The last epoch's training figures: with the test ones they show over-fitting.
+        for key, name in (("train_loss_epoch", "final_train_loss"), ("train_acc", "final_train_acc")):
+            if key in trainer.callback_metrics:
+                results[name] = float(trainer.callback_metrics[key])
         if cfg.test:
             results["tested_checkpoint"] = best
             tester = single_device(trainer, cfg)
