@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -44,6 +45,7 @@ IGNORED = (
     "callbacks",
     "trainer.default_root_dir",
     "model_summary",
+    "ablation",
 )
 SEEDS = ("seed", "data.seed")
 CURVES = ("val_acc", "train_loss_epoch")
@@ -107,13 +109,21 @@ def load_local_run(run_dir: Path) -> Run:
     )
 
 
+def natural_order(path: Path) -> list:
+    """Job 2 before job 10: numbers in a path compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def load_local(paths: list[Path]) -> list[Run]:
     """Every run dir at or below ``paths`` (those with results.json and .hydra/)."""
     dirs: list[Path] = []
     for path in paths:
         if not path.is_dir():
             raise CnnlabError(f"{path} is not a folder. Give run dirs or multirun dirs.")
-        found = sorted(p.parent for p in path.rglob(RESULTS_FILE) if (p.parent / ".hydra").is_dir())
+        found = sorted(
+            (p.parent for p in path.rglob(RESULTS_FILE) if (p.parent / ".hydra").is_dir()),
+            key=natural_order,
+        )
         if not found:
             raise CnnlabError(
                 f"{path} holds no cnnlab run (a folder with {RESULTS_FILE} and .hydra/). Give "

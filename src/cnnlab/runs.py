@@ -32,8 +32,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.results import RESULTS_FILE, write_json
 
 # Top-level keys that do not change what a run trains: where it writes, what it is called, where
-# it reports to and how it was started.
-NOT_IDENTITY = ("name", "resume", "ckpt_path", "skip_completed", "logger")
+# it reports to, how it was started and the claim an ablation experiment tests.
+NOT_IDENTITY = ("name", "resume", "ckpt_path", "skip_completed", "logger", "ablation")
 UNFINISHED = ("running", "interrupted")
 LAST = Path("checkpoints") / "last.ckpt"
 METRICS = Path("csv") / "metrics.csv"
