@@ -118,6 +118,33 @@ class EvalConfig:
 
 
 @dataclass
+class AblationConfig:
+    """A source text's claim that an experiment under conf/experiment/ablation/ tests, and how
+    ``scripts/reproduce.py`` judges it (see cnnlab.ablation); cnnlab-train does not read it."""
+
+    number: int = MISSING
+    title: str = MISSING
+    claim: str = MISSING
+    source: str = MISSING
+    # What the paper measured, where it did.
+    paper: str = ""
+    # The parameters the table groups runs by, and the metrics it shows (results.json keys,
+    # overfit_gap, or <curve>@<epoch> such as val_acc@3).
+    by: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["test_acc"])
+    # Each: {says, metric, higher: {param: value}, lower: {...}} or {says, metric, of, to,
+    # between: [low, high]} for a ratio of the two groups' means.
+    expect: list[Any] = field(default_factory=list)
+    # Overrides per scale; the experiment itself is the cpu scale.
+    scales: dict[str, list[str]] = field(default_factory=dict)
+    # A source run trained first ({overrides: [...], scales: {ci: [...]}}), whose run dir the
+    # sweep's jobs get as transfer.init_from.
+    pretrain: Optional[dict[str, Any]] = None
+    # Evaluate the sweep's runs as an ensemble with this test-time augmentation.
+    ensemble_tta: Optional[str] = None
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     data_dir: str = MISSING
@@ -251,6 +278,7 @@ def train_schema() -> type:
             ("eval", EvalConfig, field(default_factory=EvalConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
             ("trainer", trainer, field(default_factory=trainer)),
+            ("ablation", Optional[AblationConfig], field(default=None)),
         ],
     )
 

@@ -1,0 +1,13 @@
+"""Reproduce the source texts' ablations and write their measured tables into docs/ablations.md.
+
+    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
+
+See cnnlab.ablation; the claims are the experiments under conf/experiment/ablation/.
+"""
+
+import sys
+
+from cnnlab.ablation import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
+judge the claim and write the result into the ablations page.
+
+    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
+
+Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
+claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
+overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts
+``cnnlab-train -m experiment=ablation/<name>`` with the scale's overrides (an idempotent multirun:
+a second call skips what completed), groups the runs as ``cnnlab-compare`` does, and judges each
+prediction: *reproduced* when the difference has the predicted sign and exceeds the seed spread
+(the larger standard deviation of the two groups), *not reproduced at this scale* when it has the
+other sign and exceeds the spread, *inconclusive* within the spread. The claim's verdict is the
+worst of its predictions. The section of the page between the claim's markers is replaced, the
+others are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.checkpoint import command
+from cnnlab.compare import Group, Run, group_runs, load_local, plot_curves
+from cnnlab.errors import CnnlabError
+from cnnlab.results import RESULTS_FILE
+from cnnlab.train import config_dir
+
+SCALES = ("ci", "cpu", "gpu")
+EXPERIMENTS = Path(config_dir()) / "experiment" / "ablation"
+DOC = Path("docs") / "ablations.md"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = (
+    "reproduced",
+    "not reproduced at this scale",
+    "inconclusive",
+)
+# Worst first: a claim takes the first of these that any of its predictions got.
+SEVERITY = (NOT_REPRODUCED, INCONCLUSIVE, REPRODUCED)
+
+
+def names() -> list[str]:
+    """The claims, in the order of their numbers."""
+    found = {p.stem: OmegaConf.load(p).ablation.number for p in EXPERIMENTS.glob("*.yaml")}
+    return sorted(found, key=found.__getitem__)
+
+
+def claim_config(name: str) -> DictConfig:
+    """The composed cpu-scale config of claim ``name`` (its ``ablation`` section says the rest)."""
+    from cnnlab.summary import compose_config
+
+    if not (EXPERIMENTS / f"{name}.yaml").is_file():
+        raise CnnlabError(
+            f"No ablation named {name!r}. Known: {', '.join(names())} (or all); each is a file "
+            f"in {EXPERIMENTS}."
+        )
+    return compose_config([f"experiment=ablation/{name}"])
+
+
+def metric_value(run: Run, metric: str) -> float | None:
+    """A run's figure: a results.json key, ``overfit_gap`` (last training-epoch accuracy minus
+    test accuracy) or ``<curve>@<epoch>`` (a logged curve's value at that epoch)."""
+    if metric == "overfit_gap":
+        train, test = run.results.get("final_train_acc"), run.results.get("test_acc")
+        return None if train is None or test is None else float(train) - float(test)
+    if "@" in metric:
+        curve, epoch = metric.split("@")
+        values = [v for e, v in run.curves.get(curve, []) if e == float(epoch)]
+        return values[-1] if values else None
+    value = run.results.get(metric)
+    return None if value is None else float(value)
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def __str__(self) -> str:
+        if not self.values:
+            return "-"
+        return f"{_fmt(self.mean)} ± {_fmt(self.std)}" if len(self.values) > 1 else _fmt(self.mean)
+
+
+def _fmt(x: float) -> str:
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.4f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def stat(group: Group, metric: str) -> Stat:
+    values = [metric_value(r, metric) for r in group.runs]
+    return Stat([v for v in values if v is not None])
+
+
+def find_group(groups: list[Group], by: list[str], selector: dict[str, Any]) -> Group:
+    unknown = [k for k in selector if k not in by]
+    if unknown:
+        raise CnnlabError(f"An expectation selects by {unknown}, not among ablation.by={by}.")
+    want = {k: str(v) for k, v in selector.items()}
+    for g in groups:
+        if all(g.values[by.index(k)] == v for k, v in want.items()):
+            return g
+    raise MissingGroup(f"no completed run with {want}")
+
+
+class MissingGroup(LookupError):
+    pass
+
+
+@dataclass
+class Judgement:
+    says: str
+    verdict: str
+    detail: str
+
+
+def judge(expect: dict[str, Any], groups: list[Group], by: list[str]) -> Judgement:
+    """One prediction of a claim, judged on the groups' means and their seed spread."""
+    metric, says = expect["metric"], expect["says"]
+    try:
+        return _judge(expect, metric, says, groups, by)
+    except MissingGroup as e:
+        return Judgement(says, INCONCLUSIVE, str(e))
+
+
+def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], by: list[str]):
+    if "between" in expect:
+        of, to = (stat(find_group(groups, by, expect[k]), metric) for k in ("of", "to"))
+        ratio = of.mean / to.mean
+        low, high = expect["between"]
+        verdict = REPRODUCED if low <= ratio <= high else NOT_REPRODUCED
+        return Judgement(says, verdict, f"{metric} ratio {ratio:.3g}, predicted {low:g}-{high:g}")
+    pair = expect["similar"] if "similar" in expect else (expect["higher"], expect["lower"])
+    a, b = (stat(find_group(groups, by, selector), metric) for selector in pair)
+    if not a.values or not b.values:
+        return Judgement(says, INCONCLUSIVE, f"a group has no {metric}")
+    diff, spread = a.mean - b.mean, max(a.std, b.std)
+    detail = (
+        f"{metric} {_fmt(a.mean)} vs {_fmt(b.mean)}: difference {diff:+.3g}, spread {spread:.2g}"
+    )
+    if min(len(a.values), len(b.values)) < 2:
+        return Judgement(says, INCONCLUSIVE, detail + "; one seed, no spread to compare with")
+    if "similar" in expect:
+        close = abs(diff) <= max(spread, expect.get("within", 0.0))
+        return Judgement(says, REPRODUCED if close else NOT_REPRODUCED, detail)
+    if abs(diff) <= spread:
+        return Judgement(says, INCONCLUSIVE, detail)
+    return Judgement(says, REPRODUCED if diff > 0 else NOT_REPRODUCED, detail)
+
+
+def table(groups: list[Group], by: list[str], metrics: list[str]) -> str:
+    header = [*by, *metrics, "n", "params", "MACs"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(by) + "--:|" * (len(header) - len(by)),
+    ]
+    for g in groups:
+        cells = [*g.values, *(str(stat(g, m)) for m in metrics), str(len(g.runs))]
+        cells += [f"{g.first('params'):,}" if g.first("params") else "-"]
+        cells += [f"{g.first('macs'):,}" if g.first("macs") else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(overrides: list[str], out: Path) -> int:
+    """``cnnlab-train -m OVERRIDES`` with its sweep dir at ``out``; its exit status."""
+    args = ["-m", *overrides, f"hydra.sweep.dir={out}"]
+    print(f"cnnlab-train {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "cnnlab.train", *args]).returncode
+
+
+def pretrain_dir(overrides: list[str], out: Path) -> str:
+    """The run dir of a claim's source run, trained once (a later call finds it and skips)."""
+    if run_sweep(overrides, out):
+        raise CnnlabError(f"The pretraining run failed: see {out}.")
+    results = json.loads((out / "0" / RESULTS_FILE).read_text())
+    return results.get("same_as") or results["run_dir"]
+
+
+def describe(cfg: DictConfig, runs: list[Run]) -> str:
+    """The scale of a sweep in words: data, images, epochs, seeds."""
+    data = cfg.data
+    per_class = data.get("samples_per_class")
+    size = f"{per_class} training images per class" if per_class else "the whole training set"
+    budget = (
+        f"{cfg.trainer.max_steps} steps"
+        if cfg.trainer.get("max_steps", -1) not in (-1, None)
+        else f"{cfg.trainer.max_epochs} epoch" + ("s" if cfg.trainer.max_epochs != 1 else "")
+    )
+    seeds = sorted({int(r.params.get("seed", -1)) for r in runs})
+    choice = data._target_.rsplit(".", 1)[-1]
+    return f"{choice}, {size}, {budget}, seeds {', '.join(map(str, seeds))}"
+
+
+def section(
+    name: str, scale: str, cfg: DictConfig, runs: list[Run], extra: str, minutes: float,
+    doc: Path,
+) -> tuple[str, str]:  # fmt: skip
+    """The Markdown section of one claim and its verdict."""
+    a = cfg.ablation
+    by, metrics = list(a.by), list(a.metrics)
+    # In the order of the sweep's jobs, as the experiment lists the values.
+    order = {r.run_dir: i for i, r in enumerate(runs)}
+    groups = sorted(group_runs(runs, by, metrics[0]), key=lambda g: order[g.runs[0].run_dir])
+    failed = [r for r in runs if r.status not in ("completed", "skipped")]
+    judgements = [judge(OmegaConf.to_container(e), groups, by) for e in a.expect]
+    verdict = next(
+        v for v in SEVERITY if any(j.verdict == v for j in judgements) or v == REPRODUCED
+    )
+    curves = doc.parent / "ablations" / f"{name}_curves.png"
+    curves.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(groups, by, curves)
+    when = datetime.date.today().isoformat()
+    lines = [
+        f"## {a.number}. {a.title}",
+        "",
+        f"**Claim** ({a.source}): {a.claim}",
+        "",
+        *([f"**Paper:** {a.paper}", ""] if a.paper else []),
+        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min: "
+        f"{describe(cfg, runs)}. Command: `python scripts/reproduce.py {name} --scale {scale}`.",
+        "",
+        table(groups, by, metrics),
+        "",
+        *([extra, ""] if extra else []),
+        *(f"- {j.verdict}: {j.says} ({j.detail})" for j in judgements),
+        *(f"- failed run: {r.run_dir}: {r.results.get('error', r.status)}" for r in failed),
+        "",
+        f"**Verdict: {verdict}.**",
+        "",
+        f"![{a.title}: mean ± std over seeds]({curves.relative_to(doc.parent)})",
+    ]
+    return "\n".join(lines), verdict
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    return f"{cores}-core {platform.machine()} CPU" + (", GPU" if _has_gpu() else "")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- ablation:{name}:start -->", f"<!-- ablation:{name}:end -->"
+
+
+HEADER = """# Ablations: the source texts' claims, measured
+
+Generated by `scripts/reproduce.py` (cnnlab.ablation): do not edit the sections by hand. Each
+claim is a multirun experiment under `conf/experiment/ablation/`; `python scripts/reproduce.py
+<name> --scale cpu` reruns it (completed jobs are skipped) and rewrites its section. A verdict is
+*reproduced* when every predicted difference has the predicted sign and exceeds the seed spread
+(the larger standard deviation of the two groups compared), *not reproduced at this scale* when
+one has the other sign beyond the spread, *inconclusive* otherwise.
+"""
+
+
+def write_doc(doc: Path, name: str, text: str, verdict: str, order: list[str]) -> None:
+    old = doc.read_text() if doc.is_file() else HEADER
+    blocks = {}
+    for other in order:
+        start, end = markers(other)
+        if start in old:
+            blocks[other] = old.split(start, 1)[1].split(end, 1)[0].strip("\n")
+    blocks[name] = text + f"\n<!-- verdict: {verdict} -->"
+    summary = ["| # | claim | verdict |", "|--:|---|---|"]
+    for i, other in enumerate(order, 1):
+        if other in blocks:
+            title = blocks[other].splitlines()[0].split(". ", 1)[1]
+            found = blocks[other].rsplit("<!-- verdict: ", 1)[1].split(" -->")[0]
+            summary.append(f"| {i} | [{title}](#{anchor(blocks[other])}) | {found} |")
+    body = [HEADER.rstrip(), "", *summary, ""]
+    for other in order:
+        if other in blocks:
+            start, end = markers(other)
+            body += [start, blocks[other], end, ""]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(body))
+    tmp.replace(doc)
+
+
+def anchor(block: str) -> str:
+    """GitHub's anchor of a section's heading."""
+    heading = block.splitlines()[0].lstrip("#").strip().lower()
+    kept = "".join(c for c in heading if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def reproduce(name: str, scale: str, doc: Path, output_root: Path) -> str:
+    """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict."""
+    cfg = claim_config(name)
+    a = cfg.ablation
+    overrides = list(a.scales.get(scale, [])) if scale != "cpu" else []
+    if scale != "cpu" and scale not in a.scales:
+        raise CnnlabError(
+            f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
+        )
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = output_root / "ablations" / scale / name / stamp
+    start = time.perf_counter()
+    if a.pretrain:
+        pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
+        overrides.append(f"transfer.init_from={pretrain_dir(pretrain, out / 'pretrain')}")
+    code = run_sweep([f"experiment=ablation/{name}", *overrides], out / "sweep")
+    runs = load_local([out / "sweep"]) if (out / "sweep").is_dir() else []
+    if not runs:
+        raise CnnlabError(f"[{name}] no run was written under {out} (exit status {code}).")
+    extra = ""
+    if a.ensemble_tta:
+        from cnnlab.ensemble import ensemble, markdown
+
+        completed = [Path(r.run_dir) for r in runs if r.status in ("completed", "skipped")]
+        extra = markdown(ensemble(completed, tta=a.ensemble_tta))
+    job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
+    text, verdict = section(
+        name,
+        scale,
+        job_cfg,
+        runs,
+        extra,
+        (time.perf_counter() - start) / 60,
+        doc.parent / "ablations",
+    )
+    write_doc(doc, name, text, verdict, names())
+    print(f"[{name}] {verdict}; wrote {doc}", flush=True)
+    if code != 0:
+        raise CnnlabError(f"[{name}] some jobs failed (exit status {code}): see {out}.")
+    return verdict
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="reproduce.py", description="Run the source texts' ablations and write their results."
+    )
+    parser.add_argument(
+        "names", nargs="+", help="ablation names (files of conf/experiment/ablation) or all"
+    )
+    parser.add_argument("--scale", choices=SCALES, default="cpu")
+    parser.add_argument(
+        "--doc", type=Path,
+        help=f"the page to write (default: {DOC} at cpu scale, else "
+        "<output root>/ablations/<scale>/ablations.md)",
+    )  # fmt: skip
+    parser.add_argument("--output-root", type=Path, default=Path("outputs"))
+    return parser.parse_args(argv)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = names() if args.names == ["all"] else args.names
+    doc = args.doc or (
+        DOC if args.scale == "cpu" else args.output_root / "ablations" / args.scale / "ablations.md"
+    )
+    failures = []
+    for name in chosen:
+        try:
+            reproduce(name, args.scale, doc, args.output_root)
+        except CnnlabError as e:
+            print(e, file=sys.stderr, flush=True)
+            failures.append(name)
+    if failures:
+        print(f"Failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
