@@ -134,7 +134,7 @@ def timed(device: torch.device, compute: Callable, *args) -> tuple[torch.Tensor,
 def predict(
     members: list[Trained], images: torch.Tensor, tta: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """(each member's probabilities (M, N, K), the ensemble's, their mean (N, K), and the seconds
+    """(each member's probabilities (M, N, K), the ensemble's (their mean, (N, K)) and the seconds
     each member took followed by those of the averaging) for uint8 images under ``tta``."""
     device = members[0].device
     probs, seconds = [], []
