@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from conftest import needs_fmnist, read_results
 
 from cnnlab import ablation
 from cnnlab.compare import Group, Run
+from conftest import needs_fmnist, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,6 @@ def test_claim_runs_end_to_end_at_ci_scale(tmp_path):
     # The SE blocks' cost, measured: a ratio of MACs within the claim's bound.
     assert "reproduced: SE blocks add at most 2% to the multiply-accumulates" in text
     assert (tmp_path / "ablations" / "squeeze_excitation_curves.png").stat().st_size > 0
-    sweeps = list((tmp_path / "outputs" / "ablations" / "ci").glob("*/*/sweep"))
-    jobs = sorted(p for p in sweeps[0].iterdir() if p.name.isdigit())
+    [sweep] = (tmp_path / "outputs" / "ablations" / "ci" / "squeeze_excitation").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert [read_results(j)["status"] for j in jobs] == ["completed", "completed"]

@@ -26,7 +26,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.checkpoint import command
 from cnnlab.compare import Group, Run, group_runs, load_local, plot_curves
+from cnnlab.ensemble import completed_run_dirs, ensemble, markdown
 from cnnlab.errors import CnnlabError
 from cnnlab.results import RESULTS_FILE
 from cnnlab.train import config_dir
@@ -158,7 +158,7 @@ def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], 
     detail = (
         f"{metric} {_fmt(a.mean)} vs {_fmt(b.mean)}: difference {diff:+.3g}, spread {spread:.2g}"
     )
-    if min(len(a.values), len(b.values)) < 2:
+    if max(len(a.values), len(b.values)) < 2:
         return Judgement(says, INCONCLUSIVE, detail + "; one seed, no spread to compare with")
     if "similar" in expect:
         close = abs(diff) <= max(spread, expect.get("within", 0.0))
@@ -166,6 +166,25 @@ def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], 
     if abs(diff) <= spread:
         return Judgement(says, INCONCLUSIVE, detail)
     return Judgement(says, REPRODUCED if diff > 0 else NOT_REPRODUCED, detail)
+
+
+def ensemble_groups(report: dict[str, Any]) -> list[Group]:
+    """cnnlab-ensemble's settings as groups to judge (by ``setting``: single, single_tta,
+    ensemble, ensemble_tta): a single model's accuracy per run, the ensemble's once; the
+    times of every setting."""
+    per_run = {"single": "test_acc", "single_tta": "test_acc_tta"}
+    groups = []
+    for s in report["settings"]:
+        key = s["key"]
+        times = {"time_s": s["time_s"], "time_ratio": s["time_ratio"]}
+        accs = [r[per_run[key]] for r in report["runs"]] if key in per_run else [s["test_acc"]]
+        runs = [
+            Run(run_dir=f"{key}/{i}", status="completed", params={"setting": key},
+                results={"test_acc": acc, **times})
+            for i, acc in enumerate(accs)
+        ]  # fmt: skip
+        groups.append(Group((key,), runs, accs))
+    return groups
 
 
 def table(groups: list[Group], by: list[str], metrics: list[str]) -> str:
@@ -213,17 +232,19 @@ def describe(cfg: DictConfig, runs: list[Run]) -> str:
 
 
 def section(
-    name: str, scale: str, cfg: DictConfig, runs: list[Run], extra: str, minutes: float,
-    doc: Path,
+    name: str, scale: str, cfg: DictConfig, runs: list[Run], doc: Path,
+    report: dict[str, Any] | None,
 ) -> tuple[str, str]:  # fmt: skip
-    """The Markdown section of one claim and its verdict."""
+    """The Markdown section of one claim and its verdict; ``report``, cnnlab-ensemble's on the
+    sweep's runs, is shown and judged when the claim asks for one."""
     a = cfg.ablation
     by, metrics = list(a.by), list(a.metrics)
     # In the order of the sweep's jobs, as the experiment lists the values.
     order = {r.run_dir: i for i, r in enumerate(runs)}
     groups = sorted(group_runs(runs, by, metrics[0]), key=lambda g: order[g.runs[0].run_dir])
     failed = [r for r in runs if r.status not in ("completed", "skipped")]
-    judgements = [judge(OmegaConf.to_container(e), groups, by) for e in a.expect]
+    judged, judged_by = (ensemble_groups(report), ["setting"]) if report else (groups, by)
+    judgements = [judge(OmegaConf.to_container(e), judged, judged_by) for e in a.expect]
     verdict = next(
         v for v in SEVERITY if any(j.verdict == v for j in judgements) or v == REPRODUCED
     )
@@ -231,18 +252,20 @@ def section(
     curves.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(groups, by, curves)
     when = datetime.date.today().isoformat()
+    # Training time, so that a rerun which skips completed jobs reports the same.
+    minutes = sum(r.results.get("wall_time_s", 0.0) for r in runs if r.status == "completed") / 60
     lines = [
         f"## {a.number}. {a.title}",
         "",
         f"**Claim** ({a.source}): {a.claim}",
         "",
         *([f"**Paper:** {a.paper}", ""] if a.paper else []),
-        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min: "
+        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min of training: "
         f"{describe(cfg, runs)}. Command: `python scripts/reproduce.py {name} --scale {scale}`.",
         "",
         table(groups, by, metrics),
         "",
-        *([extra, ""] if extra else []),
+        *([markdown(report), ""] if report else []),
         *(f"- {j.verdict}: {j.says} ({j.detail})" for j in judgements),
         *(f"- failed run: {r.run_dir}: {r.results.get('error', r.status)}" for r in failed),
         "",
@@ -311,8 +334,11 @@ def anchor(block: str) -> str:
     return kept.replace(" ", "-")
 
 
-def reproduce(name: str, scale: str, doc: Path, output_root: Path) -> str:
-    """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict."""
+def reproduce(
+    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None
+) -> str:
+    """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict.
+    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running."""
     cfg = claim_config(name)
     a = cfg.ablation
     overrides = list(a.scales.get(scale, [])) if scale != "cpu" else []
@@ -321,35 +347,26 @@ def reproduce(name: str, scale: str, doc: Path, output_root: Path) -> str:
             f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
         )
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out = output_root / "ablations" / scale / name / stamp
-    start = time.perf_counter()
-    if a.pretrain:
-        pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
-        overrides.append(f"transfer.init_from={pretrain_dir(pretrain, out / 'pretrain')}")
-    code = run_sweep([f"experiment=ablation/{name}", *overrides], out / "sweep")
-    runs = load_local([out / "sweep"]) if (out / "sweep").is_dir() else []
+    code = 0
+    if sweep_dir is None:
+        sweep_dir = output_root / "ablations" / scale / name / stamp
+        if a.pretrain:
+            pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
+            source = pretrain_dir(pretrain, sweep_dir.parent / "pretrain")
+            overrides.append(f"transfer.init_from={source}")
+        code = run_sweep([f"experiment=ablation/{name}", *overrides], sweep_dir)
+    runs = load_local([sweep_dir]) if sweep_dir.is_dir() else []
     if not runs:
-        raise CnnlabError(f"[{name}] no run was written under {out} (exit status {code}).")
-    extra = ""
+        raise CnnlabError(f"[{name}] no run was written under {sweep_dir} (exit status {code}).")
+    report = None
     if a.ensemble_tta:
-        from cnnlab.ensemble import ensemble, markdown
-
-        completed = [Path(r.run_dir) for r in runs if r.status in ("completed", "skipped")]
-        extra = markdown(ensemble(completed, tta=a.ensemble_tta))
+        report = ensemble(completed_run_dirs([sweep_dir]), tta=a.ensemble_tta)
     job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
-    text, verdict = section(
-        name,
-        scale,
-        job_cfg,
-        runs,
-        extra,
-        (time.perf_counter() - start) / 60,
-        doc.parent / "ablations",
-    )
+    text, verdict = section(name, scale, job_cfg, runs, doc, report)
     write_doc(doc, name, text, verdict, names())
     print(f"[{name}] {verdict}; wrote {doc}", flush=True)
     if code != 0:
-        raise CnnlabError(f"[{name}] some jobs failed (exit status {code}): see {out}.")
+        raise CnnlabError(f"[{name}] some jobs failed (exit status {code}): see {sweep_dir}.")
     return verdict
 
 
@@ -367,6 +384,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "<output root>/ablations/<scale>/ablations.md)",
     )  # fmt: skip
     parser.add_argument("--output-root", type=Path, default=Path("outputs"))
+    parser.add_argument(
+        "--sweep-dir",
+        type=Path,
+        help="judge and write up this earlier sweep of the (one) claim instead of running it",
+    )
     return parser.parse_args(argv)
 
 
@@ -374,13 +396,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = names() if args.names == ["all"] else args.names
+    if args.sweep_dir and len(chosen) != 1:
+        raise CnnlabError(f"--sweep-dir {args.sweep_dir} is the sweep of one claim; name one.")
     doc = args.doc or (
         DOC if args.scale == "cpu" else args.output_root / "ablations" / args.scale / "ablations.md"
     )
     failures = []
     for name in chosen:
         try:
-            reproduce(name, args.scale, doc, args.output_root)
+            reproduce(name, args.scale, doc, args.output_root, args.sweep_dir)
         except CnnlabError as e:
             print(e, file=sys.stderr, flush=True)
             failures.append(name)
