@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import timm
 import torch
@@ -16,7 +18,8 @@ from cnnlab.models.backbones import (
     timm_model,
     torchvision_model,
 )
-from cnnlab.models.mobilenet import MobileNetV1
+from cnnlab.models.mobilenet import SEPARABLE_LAYERS, STEM_CHANNELS, MobileNetV1
+from cnnlab.summary import summarize
 
 
 def n_params(model: nn.Module) -> int:
@@ -96,6 +99,63 @@ def test_mobilenet_rho_resizes_the_input_and_keeps_the_parameters():
     shrunk = F.interpolate(x, size=(48, 48), mode="bilinear", antialias=True)
     with torch.no_grad():
         assert torch.allclose(scaled(x), plain(shrunk), atol=1e-5)
+
+
+def conv_mobilenet_parameters(num_classes: int, in_chans: int) -> int:
+    """Table 4's Conv MobileNet in closed form: each 3x3 convolution has 9 * Cin * Cout weights
+    (no bias) and its BatchNorm 2 * Cout; the classifier (Cin + 1) * classes."""
+    total, channels = 9 * in_chans * STEM_CHANNELS + 2 * STEM_CHANNELS, STEM_CHANNELS
+    for width, _ in SEPARABLE_LAYERS:
+        total += 9 * channels * width + 2 * width
+        channels = width
+    return total + (channels + 1) * num_classes
+
+
+def test_conv_mobilenet_has_table_4s_parameters_and_mult_adds():
+    """Table 4: Conv MobileNet 29.3M parameters and 4866M mult-adds, MobileNet 4.2M and 569M."""
+    with torch.device("meta"):
+        conv = MobileNetV1(num_classes=1000, in_chans=3, separable=False)
+        separable = MobileNetV1(num_classes=1000, in_chans=3)
+    _, conv_params, conv_macs = summarize(conv, (3, 224, 224))
+    _, separable_params, separable_macs = summarize(separable, (3, 224, 224))
+    assert conv_params == conv_mobilenet_parameters(1000, 3) == 29_294_088
+    assert round(conv_params / 1e6, 1) == 29.3
+    assert round(separable_params / 1e6, 1) == 4.2
+    # The paper rounds (and may or may not count the classifier's 1.024M): within 0.1%.
+    assert conv_macs == pytest.approx(4866e6, rel=1e-3)
+    assert separable_macs == pytest.approx(569e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("index", [1, 6, 12], ids=["64to128_s2", "512to512", "1024to1024"])
+def test_a_separable_layer_costs_1_over_n_plus_1_over_9_of_its_standard_convolution(index):
+    """Section 3.1: (9 * C * H * W + C * N * H * W) / (9 * C * N * H * W) = 1 / N + 1 / 9 for N
+    output channels, with the strides and widths of table 1."""
+    with torch.device("meta"):
+        separable = MobileNetV1(num_classes=10, in_chans=3)
+        conv = MobileNetV1(num_classes=10, in_chans=3, separable=False)
+    in_channels = separable.layers[index].depthwise[0].in_channels
+    n = separable.layers[index].pointwise[0].out_channels
+    assert conv.layers[index][0].kernel_size == (3, 3)
+    assert conv.layers[index][0].in_channels == in_channels
+    assert conv.layers[index][0].out_channels == n
+    shape = (in_channels, 28, 28)
+    _, _, separable_macs = summarize(separable.layers[index], shape)
+    _, _, conv_macs = summarize(conv.layers[index], shape)
+    assert Fraction(separable_macs, conv_macs) == Fraction(1, n) + Fraction(1, 9)
+
+
+def test_conv_mobilenet_keeps_shapes_and_trains():
+    torch.manual_seed(0)
+    conv = MobileNetV1(num_classes=10, in_chans=1, alpha=0.25, small_input=True, separable=False)
+    separable = MobileNetV1(num_classes=10, in_chans=1, alpha=0.25, small_input=True)
+    # The separable network's state dict keeps timm's names (test above); this one is plain.
+    assert not any("depthwise" in k or "pointwise" in k for k in conv.state_dict())
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    assert input_shape_of(conv.pool, conv, x) == input_shape_of(separable.pool, separable, x)
+    loss = F.cross_entropy(conv.train()(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
 
 
 def test_mobilenet_rejects_a_non_positive_multiplier():

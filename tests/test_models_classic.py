@@ -13,7 +13,7 @@ from torch import nn
 from cnnlab.config import validate
 from cnnlab.models.alexnet import AlexNet, local_response_norm
 from cnnlab.models.lenet import LeNet5, PartialConv2d, RBFOutput, ScaledTanh, Subsampling
-from cnnlab.models.vgg import VGG
+from cnnlab.models.vgg import CONFIGS, VGG
 
 MODERN_LENET = dict(activation="relu", pooling="max", partial_c3=False, output="linear")
 TORCHVISION_ALEXNET = dict(widths=(64, 192, 384, 256, 256), lrn=False)
@@ -374,6 +374,111 @@ def test_vgg_trains_on_small_grey_images(fully_convolutional):
         assert model(x[:2]).shape == (2, 10)
         with pytest.raises(RuntimeError):
             model(torch.randn(1, 1, size - 1, size - 1))
+
+
+def runs_of_3x3(config: str) -> list[list[int]]:
+    """The output widths of each stack of 3x3 convolutions between two poolings of table 1."""
+    runs: list[list[int]] = [[]]
+    for v in CONFIGS[config][:-1]:  # every configuration ends with a pooling
+        if v == "M":
+            runs.append([])
+        else:
+            runs[-1].append(v)
+    return runs
+
+
+def vgg_features_parameters(config: str, batch_norm: bool, large_kernels: bool) -> int:
+    """Each convolution has k * k * Cin * Cout weights and Cout biases, each BatchNorm 2 * Cout;
+    a stack of k 3x3 layers becomes one (2k + 1) x (2k + 1) layer with the stack's last width."""
+    total, channels = 0, 3
+    for run in runs_of_3x3(config):
+        layers = [(run[-1], 2 * len(run) + 1)] if large_kernels else [(v, 3) for v in run]
+        for width, k in layers:
+            total += k * k * channels * width + width + (2 * width if batch_norm else 0)
+            channels = width
+    return total
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_vgg_large_kernels_merge_each_3x3_stack_into_one_convolution(config, batch_norm):
+    with torch.device("meta"):
+        small = VGG(num_classes=1000, config=config, batch_norm=batch_norm)
+        large = VGG(num_classes=1000, config=config, batch_norm=batch_norm, large_kernels=True)
+    runs = runs_of_3x3(config)
+    convs = [m for m in large.features if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [2 * len(run) + 1 for run in runs]
+    assert [c.padding[0] for c in convs] == [len(run) for run in runs]
+    assert [c.out_channels for c in convs] == [run[-1] for run in runs]
+    bns = [m for m in large.features if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == (len(runs) if batch_norm else 0)
+    assert n_params(small.features) == vgg_features_parameters(config, batch_norm, False)
+    assert n_params(large.features) == vgg_features_parameters(config, batch_norm, True)
+    # The classifier is unchanged: the last width is the same.
+    assert n_params(large.classifier) == n_params(small.classifier)
+
+
+def test_three_3x3_layers_have_27c2_weights_and_one_7x7_layer_49c2():
+    """Section 2.3 on VGG-16's last stack, three 3x3 convolutions of C = 512 channels."""
+    with torch.device("meta"):
+        small = VGG(config="D")
+        large = VGG(config="D", large_kernels=True)
+    c = 512
+    stack = [m for m in small.features[24:30] if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size for m in stack] == [(3, 3)] * 3
+    assert sum(m.weight.numel() for m in stack) == 27 * c**2
+    last = [m for m in large.features if isinstance(m, nn.Conv2d)][-1]
+    assert last.weight.shape == (c, c, 7, 7)
+    assert last.weight.numel() == 49 * c**2
+    # Three non-linearities against one.
+    relus = [m for m in small.features[24:] if isinstance(m, nn.ReLU)]
+    assert len(relus) == 3
+    assert sum(isinstance(m, nn.ReLU) for m in large.features[-3:]) == 1
+
+
+@pytest.mark.parametrize(
+    "width,expected",
+    [(0.5, [32, 64, 128, 128, 256, 256, 256, 256]), (0.1, [8, 13, 26, 26, 51, 51, 51, 51])],
+)
+def test_vgg_width_scales_every_convolution_and_the_classifier_follows(width, expected):
+    torch.manual_seed(0)
+    options = dict(num_classes=10, in_chans=1, config="A", hidden=64, pool_size=1)
+    model = VGG(width=width, batch_norm=True, **options)
+    assert [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)] == expected
+    assert model.classifier[0].in_features == expected[-1]
+    assert n_params(model.classifier[0]) == (expected[-1] + 1) * 64
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with torch.device("meta"):
+        assert n_params(VGG(width=1.0, **options)) == n_params(VGG(**options))
+
+
+@pytest.mark.parametrize("fully_convolutional", [False, True], ids=["dense", "fcn"])
+def test_large_kernel_vgg_keeps_the_map_sizes_and_trains(fully_convolutional):
+    torch.manual_seed(0)
+    options = dict(
+        num_classes=10,
+        in_chans=1,
+        config="B",
+        batch_norm=True,
+        width=0.25,
+        fully_convolutional=fully_convolutional,
+        hidden=32,
+        pool_size=1,
+    )
+    small, large = VGG(**options), VGG(large_kernels=True, **options)
+    x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
+    assert conv_output_sizes(large, x)[:5] == [32, 16, 8, 4, 2]  # padding k keeps each size
+    with torch.no_grad():
+        assert large.features(x).shape == small.features(x).shape == (4, 128, 1, 1)
+    loss = F.cross_entropy(large(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad.abs().sum() > 0 for p in large.parameters())
+
+
+def test_vgg_rejects_a_non_positive_width():
+    with pytest.raises(ValueError, match="width"):
+        VGG(width=0.0)
 
 
 def test_vgg_rejects_an_unknown_configuration():

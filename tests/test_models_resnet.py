@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -31,17 +32,16 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build(name: str, classes: int = 10, channels: int = 3, meta: bool = False) -> ResNet:
-    """The model of conf/model/<name>.yaml for ``classes`` classes and ``channels`` channels.
+def build(
+    name: str, classes: int = 10, channels: int = 3, meta: bool = False, **overrides
+) -> ResNet:
+    """The model of conf/model/<name>.yaml for ``classes`` classes and ``channels`` channels,
+    with ``overrides`` of its keys.
 
     On the meta device nothing is allocated nor initialised: enough to count parameters.
     """
-    cfg = OmegaConf.create(
-        {
-            "data": {"num_classes": classes, "channels": channels},
-            "model": OmegaConf.load(CONF / "model" / f"{name}.yaml"),
-        }
-    )
+    model = OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.create({"data": {"num_classes": classes, "channels": channels}, "model": model})
     model_cfg = OmegaConf.to_container(cfg, resolve=True)["model"]
     if meta:
         with torch.device("meta"):
@@ -287,3 +287,68 @@ def test_min_input_size_trains_and_evaluates(make):
     model.train()(x).sum().backward()
     with torch.no_grad():
         assert model.eval()(x).shape == (2, 10)
+
+
+# ------------------------------------------------------------- the fully connected head
+
+
+def fc_head_parameters(channels: int, pool_size: int, hidden: int, classes: int) -> int:
+    """Linear(C * s * s, hidden) and Linear(hidden, classes), with biases."""
+    return (channels * pool_size**2 + 1) * hidden + (hidden + 1) * classes
+
+
+@pytest.mark.parametrize(
+    "name,classes,channels,overrides",
+    [
+        ("resnet20", 10, 64, {}),
+        ("resnet_small", 10, 64, {"head_hidden": 32, "head_pool_size": 2}),
+        ("resnet50", 1000, 2048, {}),
+    ],
+)
+def test_fc_head_parameters_follow_the_formula(name, classes, channels, overrides):
+    gap = build(name, classes=classes, meta=True)
+    fc = build(name, classes=classes, meta=True, head="fc", **overrides)
+    hidden, pool_size = overrides.get("head_hidden", 1024), overrides.get("head_pool_size", 7)
+    expected = fc_head_parameters(channels, pool_size, hidden, classes)
+    assert n_params(fc.fc) == expected
+    assert n_params(fc) - n_params(gap) == expected - (channels + 1) * classes
+
+
+def test_fc_head_takes_the_7x7_map_of_a_28x28_image_as_it_is():
+    """The CIFAR stem without pooling and three stages turn 28x28 into 7x7: the head's pooling is
+    the identity there, and pools larger maps down to 7x7."""
+    model = build("resnet20", channels=1, head="fc").eval()
+    seen = []
+    model.avgpool.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert seen[0][0].shape == (2, 64, 7, 7)
+    assert torch.equal(seen[0][1], seen[0][0])
+    assert seen[1][0].shape == (2, 64, 8, 8)
+    assert seen[1][1].shape == (2, 64, 7, 7)
+
+
+def test_fc_head_trains_a_step():
+    torch.manual_seed(0)
+    model = build("resnet_small", channels=1, head="fc", head_hidden=64, dropout=0.5).train()
+    first, dropout, last = model.fc[0], model.fc[2], model.fc[3]
+    assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.5
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(1)  # the same dropout mask both times
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert first.weight.grad.abs().sum() > 0 and last.weight.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+
+
+def test_an_unknown_head_is_refused_with_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"head='mlp': choose one of gap, fc"):
+        ResNet(head="mlp")

@@ -96,6 +96,35 @@ def test_feature_extract_leaves_the_backbone_and_its_batchnorm_bit_identical(
     assert bns and all(is_frozen_norm(m) and not m.training for m in bns)
 
 
+def test_a_resnet_with_the_fc_head_trains_and_replaces_that_whole_head(
+    compose_cfg, pretrained_file, tmp_path
+):
+    """head=fc: feature extraction trains both fully connected layers and nothing else, a cut
+    replaces them with one linear layer, and weights of the other head are refused by name."""
+    options = dict(widths=[16, 32, 64], blocks=[1, 1, 1], stem_pool=True, head="fc")
+    torch.manual_seed(0)
+    source = ResNet(10, 1, head_hidden=32, **options)
+    path = tmp_path / "fc_head.pth"
+    torch.save(source.state_dict(), path)
+    cfg = compose_cfg(
+        ["transfer=feature_extract", f"transfer.init_from={path}", "model.head=fc"]
+        + ["model.head_hidden=32", *TINY]
+    )
+    cfg.module.channels_last = False
+    module, _ = fit(cfg)
+    head = {f"fc.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")}
+    assert changed(source.state_dict(), module.model.state_dict()) == head
+
+    model = ResNet(10, 1, **options)
+    cut(model, "layer2", 7, 1, 28)
+    assert isinstance(model.fc, torch.nn.Linear)
+    assert (model.fc.in_features, model.fc.out_features) == (32 * 7 * 7, 7)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+    with pytest.raises(CnnlabError, match=r"not in the model \(2\): fc.weight"):
+        load_weights(ResNet(10, 1, **options), torch.load(pretrained_file), "gap.pth")
+
+
 def test_two_stage_unfreezes_the_top_blocks_at_the_chosen_epoch(compose_cfg, pretrained_file):
     cfg = compose_cfg(
         [

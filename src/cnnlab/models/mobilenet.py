@@ -5,8 +5,9 @@ Convolutional Neural Networks for Mobile Vision Applications" (arXiv:1704.04861,
 section 3.1 and figure 3 (a depthwise separable convolution is a 3x3 depthwise convolution and a
 1x1 pointwise convolution, each followed by BatchNorm and ReLU), section 3.2 and table 1 (the
 28-layer body), section 3.3 (the width multiplier alpha), section 3.4 (the resolution
-multiplier rho) and table 6 (1.0, 0.75, 0.5 and 0.25 MobileNet-224 have 4.2M, 2.6M, 1.3M and
-0.5M parameters).
+multiplier rho), table 4 (the same body with standard 3x3 convolutions, "Conv MobileNet", costs
+4866M mult-adds and 29.3M parameters against 569M and 4.2M) and table 6 (1.0, 0.75, 0.5 and 0.25
+MobileNet-224 have 4.2M, 2.6M, 1.3M and 0.5M parameters).
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class MobileNetV1(nn.Module):
     and 0.571 turn 224 inputs into the paper's 192, 160 and 128 and cut the cost by rho squared,
     with the parameters unchanged.
 
+    ``separable=False`` is table 4's "Conv MobileNet": each depthwise separable layer becomes one
+    standard 3x3 convolution (with BatchNorm and ReLU) of the same channels and stride, which
+    costs 1 / (1 / N + 1 / 9) times as much for N output channels (section 3.1), 8 to 9 times.
+
     ``small_input`` gives the first convolution stride 1, so the network downsamples 16 times
     instead of 32: a 28x28 Fashion-MNIST image ends as a 2x2 map rather than 1x1.
     """
@@ -106,6 +111,7 @@ class MobileNetV1(nn.Module):
         alpha: float = 1.0,
         rho: float = 1.0,
         small_input: bool = False,
+        separable: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -117,8 +123,12 @@ class MobileNetV1(nn.Module):
         self.stem = ConvBNReLU(in_chans, channels, 3, stem_stride)
         layers = []
         for width, stride in SEPARABLE_LAYERS:
-            layers.append(DepthwiseSeparable(channels, scaled_channels(width, alpha), stride))
-            channels = scaled_channels(width, alpha)
+            out_channels = scaled_channels(width, alpha)
+            if separable:
+                layers.append(DepthwiseSeparable(channels, out_channels, stride))
+            else:
+                layers.append(ConvBNReLU(channels, out_channels, 3, stride))
+            channels = out_channels
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

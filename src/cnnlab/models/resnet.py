@@ -16,6 +16,10 @@ He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition" (CVPR 201
 Hu, Shen and Sun, "Squeeze-and-Excitation Networks" (CVPR 2018), figure 3: the SE-ResNet block
 rescales the channels of the residual branch before the addition.
 
+Szegedy et al., "Going Deeper with Convolutions" (CVPR 2015), section 5: global average pooling
+instead of fully connected layers on the last feature map improved top-1 accuracy by 0.6%;
+``head="fc"`` builds the fully connected head it replaced, for that ablation.
+
 Module names follow torchvision's ``resnet.py`` (and timm's for the SE module), so their state
 dicts load as they are.
 """
@@ -32,6 +36,7 @@ from cnnlab.models.se import SqueezeExcitation
 
 STEMS = ("cifar", "imagenet")
 SHORTCUTS = ("A", "B")
+HEADS = ("gap", "fc")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -176,7 +181,8 @@ BLOCKS: dict[str, type[Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 class ResNet(nn.Module):
     """A stem, ``len(widths)`` stages of ``blocks[i]`` blocks (each stage after the first halves
-    the resolution in its first block), global average pooling and a linear classifier.
+    the resolution in its first block) and a head: global average pooling and a linear
+    classifier, or fully connected layers.
 
     - ``block``: "basic" or "bottleneck"; ``widths`` are the bottleneck widths, a stage puts
       out 4x as many channels.
@@ -192,6 +198,11 @@ class ResNet(nn.Module):
     - ``zero_init_residual``: start each block's last BatchNorm scale at zero, so that every
       residual block is an identity at initialisation (Goyal et al. 2017), which speeds up early
       training; torchvision leaves it off by default.
+    - ``head``: "gap" (global average pooling, ``dropout``, a linear classifier) or "fc" (the
+      last map average-pooled to ``head_pool_size`` x ``head_pool_size``, the identity where it
+      already has that size, then a fully connected layer of ``head_hidden`` units, ReLU,
+      ``dropout`` and a linear classifier: the head GoogLeNet's average pooling replaced). Both
+      are ``fc``, the module that transfer learning replaces or trains alone.
     """
 
     # The 2x2 stem pool needs two pixels; every later layer pads, so a 1x1 map goes through.
@@ -210,6 +221,9 @@ class ResNet(nn.Module):
         plain: bool = False,
         se_reduction: int | None = None,
         zero_init_residual: bool = False,
+        head: str = "gap",
+        head_hidden: int = 1024,
+        head_pool_size: int = 7,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -221,6 +235,8 @@ class ResNet(nn.Module):
             raise ValueError(f"stem={stem!r}: choose one of {', '.join(STEMS)}")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={shortcut!r}: choose one of {', '.join(SHORTCUTS)}")
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}: choose one of {', '.join(HEADS)}")
         if plain and zero_init_residual:
             raise ValueError(
                 "zero_init_residual would make every block of a plain network output zeros"
@@ -247,9 +263,19 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
         self.num_stages = len(widths)
 
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_channels, num_classes)
+        if head == "gap":
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.dropout: nn.Module = nn.Dropout(dropout)
+            self.fc: nn.Module = nn.Linear(in_channels, num_classes)
+        else:
+            self.avgpool = nn.AdaptiveAvgPool2d(head_pool_size)
+            self.dropout = nn.Identity()  # this head drops its hidden units instead
+            self.fc = nn.Sequential(
+                nn.Linear(in_channels * head_pool_size**2, head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(head_hidden, num_classes),
+            )
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -6,6 +6,11 @@ followed by ReLU, five 2x2 stride-2 max poolings, then FC-4096, FC-4096 and FC-c
 dropout 0.5 after the first two) and section 3.2, "testing" (the fully connected layers become a
 7x7 and two 1x1 convolutions, and the class score map is averaged over space). BatchNorm after
 each convolution (Ioffe and Szegedy 2015) is an option, as in torchvision's ``vgg*_bn``.
+
+Section 2.3 explains the 3x3 stacks: k stacked 3x3 convolutions see a (2k + 1) x (2k + 1)
+window, as one convolution of that size does, with k non-linearities instead of one and fewer
+weights (27C^2 for three 3x3 layers of C channels against 49C^2 for one 7x7). ``large_kernels``
+builds the single large convolutions, for that ablation.
 """
 
 from __future__ import annotations
@@ -28,20 +33,43 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 }  # fmt: skip
 
 
-def make_features(config: tuple[int | str, ...], in_chans: int, batch_norm: bool) -> nn.Sequential:
-    """The convolutional part, numbered as torchvision's ``features`` so its weights load."""
-    layers: list[nn.Module] = []
-    channels = in_chans
+def conv_layers(
+    config: tuple[int | str, ...], width: float, large_kernels: bool
+) -> list[tuple[int, int] | str]:
+    """The (output channels, kernel size) of each convolution of ``config``, "M" for a max
+    pooling. ``width`` scales every convolution's channels (at least 8, so that no layer
+    vanishes); ``large_kernels`` merges each run of k 3x3 convolutions between two poolings into
+    one (2k + 1) x (2k + 1) convolution with the run's last width, whose window is the run's."""
+    layers: list[tuple[int, int] | str] = []
     for v in config:
         if v == "M":
-            layers.append(nn.MaxPool2d(2, stride=2))
+            layers.append("M")
             continue
-        layers.append(nn.Conv2d(channels, v, 3, padding=1))
+        channels = max(8, round(v * width))
+        if large_kernels and layers and layers[-1] != "M":
+            layers[-1] = (channels, layers[-1][1] + 2)
+        else:
+            layers.append((channels, 3))
+    return layers
+
+
+def make_features(
+    layers: list[tuple[int, int] | str], in_chans: int, batch_norm: bool
+) -> nn.Sequential:
+    """The convolutional part, numbered as torchvision's ``features`` so its weights load."""
+    modules: list[nn.Module] = []
+    channels = in_chans
+    for layer in layers:
+        if layer == "M":
+            modules.append(nn.MaxPool2d(2, stride=2))
+            continue
+        out_channels, kernel_size = layer
+        modules.append(nn.Conv2d(channels, out_channels, kernel_size, padding=kernel_size // 2))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(v))
-        layers.append(nn.ReLU(inplace=True))
-        channels = v
-    return nn.Sequential(*layers)
+            modules.append(nn.BatchNorm2d(out_channels))
+        modules.append(nn.ReLU(inplace=True))
+        channels = out_channels
+    return nn.Sequential(*modules)
 
 
 class FCConv2d(nn.Conv2d):
@@ -86,6 +114,11 @@ class VGG(nn.Module):
 
     ``hidden`` and ``pool_size`` shrink the classifier for small inputs: at 32x32 the last map
     is 1x1, and ``pool_size=1`` avoids feeding 49 copies of it to a 25,088-input layer.
+
+    ``width`` multiplies the channels of every convolution (rounded, at least 8); 1.0 is table
+    1. ``large_kernels=True`` replaces each stack of k 3x3 convolutions between two poolings by
+    one (2k + 1) x (2k + 1) convolution of the stack's output width and the same receptive
+    field (section 2.3), with one BatchNorm after it when ``batch_norm``.
     """
 
     min_input_size: int = 32
@@ -96,6 +129,8 @@ class VGG(nn.Module):
         in_chans: int = 3,
         config: str = "D",
         batch_norm: bool = False,
+        width: float = 1.0,
+        large_kernels: bool = False,
         fully_convolutional: bool = False,
         hidden: int = 4096,
         pool_size: int = 7,
@@ -105,8 +140,11 @@ class VGG(nn.Module):
         if config not in CONFIGS:
             raise ValueError(f"config={config!r}: choose one of table 1's {sorted(CONFIGS)}")
         self.fully_convolutional = fully_convolutional
-        self.features = make_features(CONFIGS[config], in_chans, batch_norm)
-        channels = [v for v in CONFIGS[config] if v != "M"][-1]
+        if width <= 0:
+            raise ValueError(f"width ({width}) must be positive")
+        layers = conv_layers(CONFIGS[config], width, large_kernels)
+        self.features = make_features(layers, in_chans, batch_norm)
+        channels = [layer[0] for layer in layers if layer != "M"][-1]
         self.avgpool = (
             StretchToAtLeast(pool_size) if fully_convolutional else nn.AdaptiveAvgPool2d(pool_size)
         )
