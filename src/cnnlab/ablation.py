@@ -357,7 +357,7 @@ def reproduce(
         code = run_sweep([f"experiment=ablation/{name}", *overrides], sweep_dir)
     runs = load_local([sweep_dir]) if sweep_dir.is_dir() else []
     if not runs:
-        raise CnnlabError(f"[{name}] no run was written under {sweep_dir} (exit status {code}).")
+        raise CnnlabError(f"no run was written under {sweep_dir} (exit status {code}).")
     report = None
     if a.ensemble_tta:
         report = ensemble(completed_run_dirs([sweep_dir]), tta=a.ensemble_tta)
@@ -366,7 +366,7 @@ def reproduce(
     write_doc(doc, name, text, verdict, names())
     print(f"[{name}] {verdict}; wrote {doc}", flush=True)
     if code != 0:
-        raise CnnlabError(f"[{name}] some jobs failed (exit status {code}): see {sweep_dir}.")
+        raise CnnlabError(f"some jobs failed (exit status {code}): see {sweep_dir}.")
     return verdict
 
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reproduce(name, args.scale, doc, args.output_root, args.sweep_dir)
         except CnnlabError as e:
-            print(e, file=sys.stderr, flush=True)
+            print(f"[{name}] {e}", file=sys.stderr, flush=True)
             failures.append(name)
     if failures:
         print(f"Failed: {', '.join(failures)}", file=sys.stderr)
