@@ -1,17 +1,24 @@
-"""trainer=ddp: two processes on the CPU (gloo) from the normal command line, one run dir."""
+"""trainer=ddp: two processes on the CPU (gloo) from the normal command line, one run dir.
+
+With ``strategy=ddp`` Lightning starts the second process by running the command line again, as
+SLURM or torchrun start every rank: that process follows rank 0's decision and writes nothing."""
 
 from __future__ import annotations
 
 import csv
 
+import pytest
+
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 
 @needs_fmnist
-def test_ddp_on_the_cpu_trains_in_two_processes_into_one_run_dir(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp"])
+def test_ddp_on_the_cpu_trains_in_two_processes_into_one_run_dir(tmp_path, strategy):
     proc = run_cli(
         [
             "trainer=ddp",
+            f"trainer.strategy={strategy}",
             "model=lenet5",
             "data.samples_per_class=40",  # 400 images, batches of 10: 20 steps per process
             "data.batch_size=10",
@@ -24,6 +31,7 @@ def test_ddp_on_the_cpu_trains_in_two_processes_into_one_run_dir(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     [run_dir] = run_dirs(tmp_path)  # Hydra + DDP, yet one run dir
+    assert [p.parent for p in (tmp_path / "outputs").glob("*/*/.hydra")] == [run_dir]
     results = read_results(run_dir)
     assert results["status"] == "completed" and results["epochs"] == 1
     assert 0 <= results["best_val_acc"] <= 1 and "per_class_acc" in results

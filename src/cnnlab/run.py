@@ -158,7 +158,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["epochs"] = runs.epochs_done(trainer, run_dir)
         results["best_val_acc"], best = _best(trainer)
         # The last epoch's training figures: with the test ones they show over-fitting.
-        for key, name in (("train_loss_epoch", "final_train_loss"), ("train_acc", "final_train_acc")):
+        for key, name in (
+            ("train_loss_epoch", "final_train_loss"),
+            ("train_acc", "final_train_acc"),
+        ):
             if key in trainer.callback_metrics:
                 results[name] = float(trainer.callback_metrics[key])
         if cfg.test:
@@ -180,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
-        if trainer is None or trainer.global_rank == 0:
+        if not job.follower and (trainer is None or trainer.global_rank == 0):
             write_json(run_dir / RESULTS_FILE, results)
             runs.finish(job, results)
         if trainer is not None and trainer.global_rank == 0:

@@ -9,6 +9,11 @@
   continued; this job's own dir then records the outcome with ``continued_in``;
 * ``ckpt_path=<file>`` starts a new run from a checkpoint.
 
+When a launcher starts one process per device before cnnlab runs (SLURM tasks on several nodes,
+torchrun, Lightning's ``strategy=ddp``), rank 0 alone decides and keeps the books; it writes its
+decision into its Hydra dir (:data:`DECISION_FILE`), and the other ranks, started with the same
+command line and so the same dir, train what it decided and write nothing.
+
 Runs are identified by :func:`fingerprint`, stored in results.json as ``config_hash``.
 """
 
@@ -21,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,9 @@ from cnnlab.results import RESULTS_FILE, write_json
 NOT_IDENTITY = ("name", "resume", "ckpt_path", "skip_completed", "logger", "ablation")
 UNFINISHED = ("running", "interrupted")
 LAST = Path("checkpoints") / "last.ckpt"
+DECISION_FILE = ".rank0.json"
+# How long the other ranks wait for rank 0's decision (rank 0 may first have to scan many runs).
+FOLLOW_TIMEOUT_S = 600.0
 METRICS = Path("csv") / "metrics.csv"
 
 
@@ -102,6 +111,9 @@ class Plan:
     same_as: Path | None = None
     pointer_dir: Path | None = None
     earlier: dict[str, Any] = field(default_factory=dict)
+    multirun: bool = False
+    # A process of rank > 0: it trains as rank 0 decided and writes nothing.
+    follower: bool = False
 
 
 def _continue(cfg: DictConfig, run_dir: Path, earlier: dict[str, Any], fresh: Path) -> Plan:
@@ -195,10 +207,42 @@ def _hydra_job() -> tuple[bool, list[str]]:
     return hydra_cfg.mode == RunMode.MULTIRUN, list(hydra_cfg.overrides.task)
 
 
+def launch_rank() -> int:
+    """This process's rank when a launcher started one process per device before cnnlab runs
+    (SLURM tasks, torchrun, Lightning re-running the command for ``strategy=ddp``); else 0."""
+    ranks = [os.environ.get(v, "") for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")]
+    return max((int(r) for r in ranks if r.isdigit()), default=0)
+
+
+def follow_rank_zero(cfg: DictConfig, fresh: Path) -> Plan:
+    """The plan of a process of rank > 0: rank 0's, read from its Hydra dir (the same dir, as
+    every rank runs the same command line)."""
+    path = fresh / DECISION_FILE
+    deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise CnnlabError(
+                f"Rank {launch_rank()} waited {FOLLOW_TIMEOUT_S:.0f} s for rank 0 to decide what "
+                f"to train in {fresh} ({DECISION_FILE}). Every rank must run the same command "
+                "line with the same run dir: set hydra.run.dir (or use a multirun launcher, whose "
+                "job dirs are fixed at submission)."
+            )
+        time.sleep(0.2)
+    decided = json.loads(path.read_text())
+    run_dir = Path(decided["run_dir"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.resume = None
+    same_as = Path(decided["same_as"]) if decided["same_as"] else None
+    return Plan(cfg, run_dir, {}, decided["checkpoint"], same_as, follower=True)
+
+
 def start(cfg: DictConfig) -> Plan:
     """The plan of this call, with results.json (status running) written where it will train.
     A config error is recorded as a failed run in the dir Hydra made, and raised."""
     fresh = Path(cfg.paths.output_dir)
+    if launch_rank() > 0:
+        return follow_rank_zero(cfg, fresh)
     fresh.mkdir(parents=True, exist_ok=True)
     if (fresh / RESULTS_FILE).exists():
         raise CnnlabError(
@@ -214,22 +258,32 @@ def start(cfg: DictConfig) -> Plan:
         failed = {"name": cfg.name, "status": "failed", "run_dir": str(fresh), "error": str(e)}
         write_json(fresh / RESULTS_FILE, failed)
         raise
+    job.multirun = multirun
+    same_as = None if job.same_as is None else str(job.same_as)
+    decision = {"run_dir": str(job.run_dir), "checkpoint": job.checkpoint, "same_as": same_as}
+    write_json(fresh / DECISION_FILE, decision)
     if job.same_as is None:
         job.results.update(pid=os.getpid(), host=socket.gethostname())
         write_json(job.run_dir / RESULTS_FILE, job.results)
-        _leave_fresh_dir(job, multirun)
         if job.earlier:
             set_aside_metrics(job.run_dir, _checkpoint_step(job.run_dir / LAST))
     return job
 
 
 def finish(job: Plan, results: dict[str, Any]) -> None:
-    """After a session: the continued run's metrics in one file, and this job's pointer to it."""
+    """After a session: the continued run's metrics in one file, and this job's own dir either
+    pointing to it (in a multirun, for the sweep's summary) or removed, as it holds only what
+    Hydra and rank 0 put in it."""
     if job.earlier:
         merge_metrics(job.run_dir)
-    if job.pointer_dir is not None and job.pointer_dir.is_dir():
-        pointer = {**results, "run_dir": str(job.pointer_dir), "continued_in": str(job.run_dir)}
-        write_json(job.pointer_dir / RESULTS_FILE, pointer)
+    fresh = job.pointer_dir
+    if fresh is None or not fresh.is_dir():
+        return
+    if job.multirun:
+        pointer = {**results, "run_dir": str(fresh), "continued_in": str(job.run_dir)}
+        write_json(fresh / RESULTS_FILE, pointer)
+    elif all(p.name in (".hydra", DECISION_FILE) or p.suffix == ".log" for p in fresh.iterdir()):
+        shutil.rmtree(fresh)
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -254,23 +308,14 @@ def epochs_done(trainer, run_dir: Path) -> int:
 
 def skip(plan: Plan) -> dict[str, Any]:
     """Write the skip marker of a job whose config has already completed; train nothing."""
+    if plan.follower:
+        return {"status": "skipped", "same_as": str(plan.same_as)}
     # The earlier scores too: a sweeper (Optuna) reads the job's value from them.
     scores = {k: plan.earlier[k] for k in ("best_val_acc", "test_acc") if k in plan.earlier}
     results = {**plan.results, **scores, "status": "skipped", "same_as": str(plan.same_as)}
     write_json(plan.run_dir / RESULTS_FILE, results)
     print(f"cnnlab: skipped, this config has already completed in {plan.same_as}", flush=True)
     return results
-
-
-def _leave_fresh_dir(plan: Plan, multirun: bool) -> None:
-    """A continued run works in its earlier dir. In a multirun, this job's own dir points there
-    (for the sweep's summary); otherwise it is removed, as it holds only what Hydra put in it."""
-    fresh = plan.pointer_dir
-    if fresh is None or multirun:
-        return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in fresh.iterdir()):
-        shutil.rmtree(fresh)
-    plan.pointer_dir = None
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
