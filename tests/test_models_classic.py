@@ -350,8 +350,9 @@ def test_fully_convolutional_vgg_averages_the_dense_scores_of_every_window():
         assert max_diff(fcn(small), dense(small)) < 1e-5
 
 
+@pytest.mark.parametrize("large_kernels", [False, True], ids=["3x3", "large"])
 @pytest.mark.parametrize("fully_convolutional", [False, True], ids=["dense", "fcn"])
-def test_vgg_trains_on_small_grey_images(fully_convolutional):
+def test_vgg_trains_on_small_grey_images(fully_convolutional, large_kernels):
     torch.manual_seed(0)
     model = VGG(
         num_classes=10,
@@ -361,6 +362,7 @@ def test_vgg_trains_on_small_grey_images(fully_convolutional):
         fully_convolutional=fully_convolutional,
         hidden=64,
         pool_size=1,
+        large_kernels=large_kernels,
     )
     size = VGG.min_input_size
     x, y = torch.randn(4, 1, size, size), torch.arange(4)
@@ -452,28 +454,13 @@ def test_vgg_width_scales_every_convolution_and_the_classifier_follows(width, ex
         assert n_params(VGG(width=1.0, **options)) == n_params(VGG(**options))
 
 
-@pytest.mark.parametrize("fully_convolutional", [False, True], ids=["dense", "fcn"])
-def test_large_kernel_vgg_keeps_the_map_sizes_and_trains(fully_convolutional):
-    torch.manual_seed(0)
-    options = dict(
-        num_classes=10,
-        in_chans=1,
-        config="B",
-        batch_norm=True,
-        width=0.25,
-        fully_convolutional=fully_convolutional,
-        hidden=32,
-        pool_size=1,
-    )
+def test_large_kernel_vgg_keeps_the_map_sizes():
+    options = dict(num_classes=10, in_chans=1, config="B", batch_norm=True, width=0.25)
     small, large = VGG(**options), VGG(large_kernels=True, **options)
-    x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
+    x = torch.randn(4, 1, 32, 32)
     assert conv_output_sizes(large, x)[:5] == [32, 16, 8, 4, 2]  # padding k keeps each size
     with torch.no_grad():
         assert large.features(x).shape == small.features(x).shape == (4, 128, 1, 1)
-    loss = F.cross_entropy(large(x), y)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad.abs().sum() > 0 for p in large.parameters())
 
 
 def test_vgg_rejects_a_non_positive_width():

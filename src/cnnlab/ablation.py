@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.checkpoint import command
-from cnnlab.compare import Group, Run, group_runs, load_local, plot_curves
+from cnnlab.compare import Group, Run, Stat, group_runs, load_local, plot_curves
 from cnnlab.ensemble import completed_run_dirs, ensemble, markdown
 from cnnlab.errors import CnnlabError
 from cnnlab.results import RESULTS_FILE
@@ -83,22 +81,12 @@ def metric_value(run: Run, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-@dataclass
-class Stat:
-    values: list[float]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else math.nan
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
-
-    def __str__(self) -> str:
-        if not self.values:
-            return "-"
-        return f"{_fmt(self.mean)} ± {_fmt(self.std)}" if len(self.values) > 1 else _fmt(self.mean)
+def summary(stat: Stat) -> str:
+    if not stat.values:
+        return "-"
+    if len(stat.values) == 1:
+        return _fmt(stat.mean)
+    return f"{_fmt(stat.mean)} ± {_fmt(stat.std)}"
 
 
 def _fmt(x: float) -> str:
@@ -194,7 +182,7 @@ def table(groups: list[Group], by: list[str], metrics: list[str]) -> str:
         "|" + "---|" * len(by) + "--:|" * (len(header) - len(by)),
     ]
     for g in groups:
-        cells = [*g.values, *(str(stat(g, m)) for m in metrics), str(len(g.runs))]
+        cells = [*g.values, *(summary(stat(g, m)) for m in metrics), str(len(g.runs))]
         cells += [f"{g.first('params'):,}" if g.first("params") else "-"]
         cells += [f"{g.first('macs'):,}" if g.first("macs") else "-"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -188,6 +188,21 @@ def differing(runs: list[Run]) -> list[str]:
 
 
 @dataclass
+class Stat:
+    """Values over seeds: their mean and sample standard deviation (0 for one value)."""
+
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+
+@dataclass
 class Group:
     values: tuple[str, ...]
     runs: list[Run]
@@ -195,11 +210,11 @@ class Group:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.scores) if self.scores else math.nan
+        return Stat(self.scores).mean
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
+        return Stat(self.scores).std
 
     def first(self, key: str) -> Any:
         return next((r.results[key] for r in self.runs if r.results.get(key) is not None), None)
