@@ -287,6 +287,11 @@ claim is a multirun experiment under `conf/experiment/ablation/`; `python script
 *reproduced* when every predicted difference has the predicted sign and exceeds the seed spread
 (the larger standard deviation of the two groups compared), *not reproduced at this scale* when
 one has the other sign beyond the spread, *inconclusive* otherwise.
+
+The `cpu` scale keeps each claim to minutes on a 2-core CPU: subsets of a few hundred images per
+class, a few epochs, networks at a fraction of the paper's widths. A verdict holds for that scale
+only; `--scale gpu` has the paper-sized settings (not run here). Times are those of training,
+summed over a claim's runs.
 """
 
 
