@@ -233,9 +233,8 @@ def section(
     failed = [r for r in runs if r.status not in ("completed", "skipped")]
     judged, judged_by = (ensemble_groups(report), ["setting"]) if report else (groups, by)
     judgements = [judge(OmegaConf.to_container(e), judged, judged_by) for e in a.expect]
-    verdict = next(
-        v for v in SEVERITY if any(j.verdict == v for j in judgements) or v == REPRODUCED
-    )
+    found = {j.verdict for j in judgements}
+    verdict = next((v for v in SEVERITY if v in found), INCONCLUSIVE)
     curves = doc.parent / "ablations" / f"{name}_curves.png"
     curves.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(groups, by, curves)
