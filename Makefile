@@ -5,12 +5,13 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 FMNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: help uv env data train test test-all lint format
+.PHONY: help uv env data train test test-all ablations-ci lint format
 
 help:
 	@echo "make train [ARGS='model=resnet20 trainer.max_epochs=3']  run an experiment"
 	@echo "make test                                               run the test suite"
 	@echo "make test-all                                           also the heavy tests (minutes)"
+	@echo "make ablations-ci                                       every ablation at ci scale"
 	@echo "make lint | make format                                 ruff checks / fixes"
 
 uv:
@@ -45,6 +46,10 @@ test: env data
 
 test-all: env data
 	$(UV) run --frozen pytest $(ARGS)
+
+# Every ablation of docs/ablations.md end to end at ci scale (minutes); CI runs it after make test.
+ablations-ci: env data
+	$(UV) run --frozen python scripts/reproduce.py all --scale ci
 
 lint: env
 	$(UV) run --frozen ruff check .
