@@ -208,3 +208,24 @@ def test_checkpoints_load_whether_or_not_the_model_was_compiled(compose_cfg, tmp
     loaded = load(path, device="cpu").module
     for key, value in plain.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@needs_fmnist
+def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path):
+    sweep = ["-m", *SMALL, "trainer.max_epochs=1", "seed=0"]
+    killed = start_cli([*sweep, "hydra.sweep.dir=outputs/multirun/first"], cwd=tmp_path)
+    kill_when_printed(killed, "epoch 0 step 40/")
+    [run_dir] = run_dirs(tmp_path)
+    assert read_results(run_dir)["status"] == "running"
+
+    again = run_cli([*sweep, "hydra.sweep.dir=outputs/multirun/again"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    # The job trained on in the killed job's dir, from its last checkpoint (step 30); its own
+    # dir points there for the sweep's summary.
+    pointer = read_results(tmp_path / "outputs" / "multirun" / "again" / "0")
+    assert pointer["continued_in"] == str(run_dir) and pointer["status"] == "completed"
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["epochs"] == 1
+    assert [r["status"] for r in results["resumed"]] == ["running"]
+    steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] >= 90  # each step once, to the end
