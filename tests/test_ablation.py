@@ -33,7 +33,8 @@ def test_claim_composes_at_gpu_scale(name, compose_cfg):
     a = compose_cfg([f"experiment=ablation/{name}", *single]).ablation
     assert set(a.scales) == {"ci", "gpu"}
     for expect in a.expect:
-        selectors = [expect[k] for k in ("higher", "lower", "of", "to") if k in expect]
+        keys = ("higher", "lower", "of", "to", "not_below", "than")
+        selectors = [expect[k] for k in keys if k in expect]
         selectors += list(expect.get("similar", []))
         # An ensemble claim is judged on cnnlab-ensemble's settings.
         by = ["setting"] if a.ensemble_tta else a.by
@@ -66,6 +67,12 @@ def test_judge_against_the_seed_spread():
     assert ablation.judge(similar, groups, ["m"]).verdict == ablation.REPRODUCED
     apart = {**similar, "similar": [{"m": "a"}, {"m": "b"}], "within": 0.01}
     assert ablation.judge(apart, groups, ["m"]).verdict == ablation.NOT_REPRODUCED
+    # a is above b: not below it; c is 0.005 below a, within its spread.
+    not_below = {"says": "a no worse", "metric": "test_acc", "not_below": {"m": "a"}}
+    assert ablation.judge({**not_below, "than": {"m": "b"}}, groups, ["m"]).verdict == "reproduced"
+    assert ablation.judge({**not_below, "than": {"m": "c"}}, groups, ["m"]).verdict == "reproduced"
+    below = {**not_below, "not_below": {"m": "b"}, "than": {"m": "a"}, "within": 0.01}
+    assert ablation.judge(below, groups, ["m"]).verdict == ablation.NOT_REPRODUCED
     ratio = {"says": "b costs 4x", "metric": "macs", "of": {"m": "b"}, "to": {"m": "a"}}
     assert ablation.judge({**ratio, "between": [3, 5]}, groups, ["m"]).verdict == "reproduced"
     assert ablation.judge({**ratio, "between": [1, 2]}, groups, ["m"]).verdict.startswith("not")

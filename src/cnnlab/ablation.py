@@ -138,7 +138,12 @@ def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], 
         low, high = expect["between"]
         verdict = REPRODUCED if low <= ratio <= high else NOT_REPRODUCED
         return Judgement(says, verdict, f"{metric} ratio {ratio:.3g}, predicted {low:g}-{high:g}")
-    pair = expect["similar"] if "similar" in expect else (expect["higher"], expect["lower"])
+    if "similar" in expect:
+        pair = expect["similar"]
+    elif "not_below" in expect:
+        pair = (expect["not_below"], expect["than"])
+    else:
+        pair = (expect["higher"], expect["lower"])
     a, b = (stat(find_group(groups, by, selector), metric) for selector in pair)
     if not a.values or not b.values:
         return Judgement(says, INCONCLUSIVE, f"a group has no {metric}")
@@ -148,9 +153,11 @@ def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], 
     )
     if max(len(a.values), len(b.values)) < 2:
         return Judgement(says, INCONCLUSIVE, detail + "; one seed, no spread to compare with")
+    tolerance = max(spread, expect.get("within", 0.0))
     if "similar" in expect:
-        close = abs(diff) <= max(spread, expect.get("within", 0.0))
-        return Judgement(says, REPRODUCED if close else NOT_REPRODUCED, detail)
+        return Judgement(says, REPRODUCED if abs(diff) <= tolerance else NOT_REPRODUCED, detail)
+    if "not_below" in expect:
+        return Judgement(says, REPRODUCED if diff >= -tolerance else NOT_REPRODUCED, detail)
     if abs(diff) <= spread:
         return Judgement(says, INCONCLUSIVE, detail)
     return Judgement(says, REPRODUCED if diff > 0 else NOT_REPRODUCED, detail)
@@ -353,7 +360,9 @@ def reproduce(
     report = None
     if a.ensemble_tta:
         report = ensemble(completed_run_dirs([sweep_dir]), tta=a.ensemble_tta)
+    # The scale from the runs themselves; the claim and its predictions as they are now.
     job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
+    job_cfg.ablation = a
     text, verdict = section(name, scale, job_cfg, runs, doc, report)
     write_doc(doc, name, text, verdict, names())
     print(f"[{name}] {verdict}; wrote {doc}", flush=True)

@@ -132,8 +132,9 @@ class AblationConfig:
     # overfit_gap, or <curve>@<epoch> such as val_acc@3).
     by: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["test_acc"])
-    # Each: {says, metric, higher: {param: value}, lower: {...}} or {says, metric, of, to,
-    # between: [low, high]} for a ratio of the two groups' means.
+    # Each names what it predicts (says) about a metric, for groups selected by {param: value}:
+    # higher/lower (beyond the seed spread), similar: [a, b] or not_below/than (within the spread
+    # or `within`), or of/to with between: [low, high] for the ratio of the two groups' means.
     expect: list[Any] = field(default_factory=list)
     # Overrides per scale; the experiment itself is the cpu scale.
     scales: dict[str, list[str]] = field(default_factory=dict)
