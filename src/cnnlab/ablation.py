@@ -265,6 +265,7 @@ def section(
         "",
         f"**Verdict: {verdict}.**",
         "",
+        *([a.note, ""] if a.get("note") else []),
         f"![{a.title}: mean ± std over seeds]({curves.relative_to(doc.parent)})",
     ]
     return "\n".join(lines), verdict

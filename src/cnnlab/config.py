@@ -143,6 +143,8 @@ class AblationConfig:
     pretrain: Optional[dict[str, Any]] = None
     # Evaluate the sweep's runs as an ensemble with this test-time augmentation.
     ensemble_tta: Optional[str] = None
+    # What a reader needs to know to read the result, printed under the verdict.
+    note: str = ""
 
 
 @dataclass
