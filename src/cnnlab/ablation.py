@@ -211,18 +211,20 @@ def pretrain_dir(overrides: list[str], out: Path) -> str:
     return results.get("same_as") or results["run_dir"]
 
 
-def describe(cfg: DictConfig, runs: list[Run]) -> str:
-    """The scale of a sweep in words: data, images, epochs, seeds."""
+def describe(cfg: DictConfig, runs: list[Run], by: list[str]) -> str:
+    """The scale of a sweep in words: data, images, epochs, seeds (the table has what it varies)."""
     data = cfg.data
     per_class = data.get("samples_per_class")
     size = f"{per_class} training images per class" if per_class else "the whole training set"
+    if "data.samples_per_class" in by:
+        size = "training images per class as in the table"
     budget = (
         f"{cfg.trainer.max_steps} steps"
         if cfg.trainer.get("max_steps", -1) not in (-1, None)
         else f"{cfg.trainer.max_epochs} epoch" + ("s" if cfg.trainer.max_epochs != 1 else "")
     )
     seeds = sorted({int(r.params.get("seed", -1)) for r in runs})
-    choice = data._target_.rsplit(".", 1)[-1]
+    choice = "data sets as in the table" if "data" in by else data._target_.rsplit(".", 1)[-1]
     return f"{choice}, {size}, {budget}, seeds {', '.join(map(str, seeds))}"
 
 
@@ -255,7 +257,8 @@ def section(
         "",
         *([f"**Paper:** {a.paper}", ""] if a.paper else []),
         f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min of training: "
-        f"{describe(cfg, runs)}. Command: `python scripts/reproduce.py {name} --scale {scale}`.",
+        f"{describe(cfg, runs, by)}. Command: "
+        f"`python scripts/reproduce.py {name} --scale {scale}`.",
         "",
         table(groups, by, metrics),
         "",
