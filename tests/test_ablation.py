@@ -97,6 +97,7 @@ def test_page_keeps_other_sections(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.heavy  # CI runs every claim at ci scale after make test (make ablations-ci)
 def test_claim_runs_end_to_end_at_ci_scale(tmp_path):
     doc = tmp_path / "doc.md"
     args = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "squeeze_excitation"]

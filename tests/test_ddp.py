@@ -13,7 +13,8 @@ from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 
 @needs_fmnist
-@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp"])
+# ddp_spawn (trainer=ddp's own) in make test-all: 20 s more, and the ddp path is the subtler one.
+@pytest.mark.parametrize("strategy", [pytest.param("ddp_spawn", marks=pytest.mark.heavy), "ddp"])
 def test_ddp_on_the_cpu_trains_in_two_processes_into_one_run_dir(tmp_path, strategy):
     proc = run_cli(
         [

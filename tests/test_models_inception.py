@@ -214,7 +214,7 @@ def test_googlenet_without_aux_and_one_channel():
 
 
 def test_googlenet_min_input_size(googlenets):
-    size = GoogLeNet.min_input_size
+    size = googlenets["googlenet"].min_input_size
     with torch.no_grad():
         assert googlenets["googlenet"].eval()(torch.randn(1, 3, size, size)).shape == (1, 10)
         with pytest.raises(RuntimeError):
@@ -222,6 +222,29 @@ def test_googlenet_min_input_size(googlenets):
         # torchvision's 2x2 pooling after 4e halves even a 1x1 map.
         out = googlenets["googlenet_torchvision"].train()(torch.randn(2, 3, 15, 15))
         assert [o.shape for o in out] == [(2, 10)] * 3
+
+
+def test_small_input_googlenet_keeps_the_stage_sizes_of_a_four_times_larger_input():
+    """A stride-1 stem without the first pooling: 28x28 gives the maps 112x112 gives the paper's
+    network, and 8x8 is the least it takes (31x31 for the paper's stem)."""
+    small = GoogLeNet(10, 1, width=0.125, small_input=True).eval()
+    paper = GoogLeNet(10, 1, width=0.125).eval()
+    sizes = {}
+    for name, net, size in (("small", small, 28), ("paper", paper, 112)):
+        hook = net.inception4a.register_forward_hook(
+            lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[-1])
+        )
+        with torch.no_grad():
+            net(torch.randn(1, 1, size, size))
+        hook.remove()
+    assert sizes == {"small": 7, "paper": 7}
+    assert small.min_input_size == 8
+    with torch.no_grad():
+        assert small(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            small(torch.randn(1, 1, 7, 7))
+    # Every width of table 1 scaled: the 3a module's 1x1 branch has 64 / 8 filters.
+    assert small.inception3a.branch1.conv.out_channels == 8
 
 
 def test_googlenet_aux_pooling_follows_the_paper_at_224():

@@ -105,6 +105,7 @@ def test_many_loggers_write_csv_tensorboard_and_offline_wandb(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.heavy  # 50 s; resuming is in make test through tests/test_resume.py
 def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
     """A cosine schedule follows the resumed config's length; a resume that the checkpoint's
     scheduler state cannot follow is refused with a clear message."""
