@@ -7,6 +7,7 @@ job's overhead: the part of the sweep's wall time per job spent outside cnnlab's
 function (process start, Hydra composing and launching, the sweep summary), as a fraction of it.
 
     uv run python scripts/bench/sweep_throughput.py [--jobs 8] [--n-jobs 2] [--repeats 3]
+                                                    [--samples-per-class 100]
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 
 JOB = [
     "model=lenet5_modern",
-    "data.samples_per_class=100",
     "data.val_size=500",
     "trainer.max_epochs=2",
     "trainer.limit_test_batches=2",
@@ -49,7 +49,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--n-jobs", type=int, default=2, help="joblib's jobs at once")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--samples-per-class", type=int, default=100, help="training images: the job's length"
+    )
     args = parser.parse_args()
+    JOB.append(f"data.samples_per_class={args.samples_per_class}")
     exe = shutil.which("cnnlab-train")
     if exe is None:
         raise SystemExit("cnnlab-train is not on PATH: run this with `uv run`.")
