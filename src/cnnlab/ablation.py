@@ -344,11 +344,12 @@ def reproduce(
     With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running."""
     cfg = claim_config(name)
     a = cfg.ablation
-    overrides = list(a.scales.get(scale, [])) if scale != "cpu" else []
     if scale != "cpu" and scale not in a.scales:
         raise CnnlabError(
             f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
         )
+    # The experiment is the cpu scale; the others are overrides of it.
+    overrides = list(a.scales.get(scale, []))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     code = 0
     if sweep_dir is None:

@@ -105,13 +105,14 @@ def check_compatible(members: list[Trained], batch_size: int | None):
                 f"({', '.join(other.class_names)})",
             )
     datamodule = test_split(first, batch_size)
-    splits = {str(data_settings(first)): fingerprint(datamodule)}
+    first_key = str(data_settings(first))
+    splits = {first_key: fingerprint(datamodule)}
     for other in members[1:]:
         key = str(data_settings(other))
         if key not in splits:
             splits[key] = fingerprint(test_split(other, batch_size))
-        if splits[key] != splits[str(data_settings(first))]:
-            counts = f"{splits[str(data_settings(first))][0]} and {splits[key][0]}"
+        if splits[key] != splits[first_key]:
+            counts = f"{splits[first_key][0]} and {splits[key][0]}"
             raise incompatible(first, other, f"their test splits hold different images ({counts})")
     return datamodule
 

@@ -8,7 +8,6 @@ It ships no test split; cnnlab holds out a stratified ``test_fraction`` with a f
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.base import InMemoryImages, stratified_split
+from cnnlab.data.base import InMemoryImages, stratified_split, system_datasets_dir
 from cnnlab.errors import CnnlabError
 
 FILES = {"images": "animal_data_version_3.gz", "labels": "animal_label_version_3.gz"}
@@ -65,8 +64,7 @@ class AnimalMNIST(InMemoryImages):
 
     def _candidates(self) -> list[Path]:
         dirs = [self.root / "animal_mnist", self.root] if self.root else []
-        system = Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets"))
-        return [*dirs, system / "animal_mnist"]
+        return [*dirs, system_datasets_dir() / "animal_mnist"]
 
     def locate(self) -> dict[str, Path]:
         for folder in self._candidates():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -144,6 +146,12 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float],
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
+
+
+def system_datasets_dir() -> Path:
+    """Where data set packages install their files: $CNNLAB_DATASETS_DIR, default Debian's
+    /usr/share/datasets."""
+    return Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets"))
 
 
 class ImageDataModule(L.LightningDataModule):

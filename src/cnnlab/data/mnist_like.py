@@ -10,14 +10,13 @@ Literature" (2018): KMNIST, ten cursive Hiragana characters in the same format.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from cnnlab.data.base import InMemoryImages
+from cnnlab.data.base import InMemoryImages, system_datasets_dir
 from cnnlab.data.idx import read_idx
 from cnnlab.errors import CnnlabError
 
@@ -83,7 +82,7 @@ class MNISTLike(InMemoryImages):
             dirs += [self.root, self.root / self.torchvision_name / "raw"]
         return [
             *dirs,
-            Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets")) / self.system_dir,
+            system_datasets_dir() / self.system_dir,
         ]
 
     def locate(self) -> dict[str, Path]:

@@ -8,7 +8,6 @@ uses torchvision only to download them.
 
 from __future__ import annotations
 
-import os
 import pickle
 import socket
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.base import InMemoryImages
+from cnnlab.data.base import InMemoryImages, system_datasets_dir
 from cnnlab.errors import CnnlabError
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -60,9 +59,8 @@ class TorchvisionArchive(InMemoryImages):
         self.download = download
 
     def _candidates(self) -> list[Path]:
-        system = Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets"))
         dirs = [self.root / self.folder, self.root] if self.root else []
-        return [*dirs, system / self.folder]
+        return [*dirs, system_datasets_dir() / self.folder]
 
     def _find(self) -> Path | None:
         for folder in self._candidates():
