@@ -29,7 +29,8 @@ from cnnlab.summary import compose_config
 
 
 class StepClock(Callback):
-    """Start time of every training batch, and the end time of the last one."""
+    """Start time of every training batch, and the end time of the last one. On a GPU each step
+    waits for its kernels to finish, so that the times are the device's, not the host's."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
@@ -39,6 +40,8 @@ class StepClock(Callback):
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
         self.end = time.perf_counter()
 
 
@@ -59,9 +62,8 @@ def overrides(model: str, steps: int, out: str, extra: tuple[str, ...] = ()) -> 
     ]
 
 
-def cnnlab_step(
-    model: str, steps: int, warmup: int, out: Path, extra: tuple[str, ...] = ()
-) -> float:
+def cnnlab_clock(model: str, steps: int, out: Path, extra: tuple[str, ...] = ()) -> StepClock:
+    """Train ``steps`` steps with the Trainer ``cnnlab-train`` builds; the steps' times."""
     run_dir = out / f"cnnlab-{time.monotonic_ns()}"
     cfg = compose_config(overrides(model, steps, str(out), extra), output_dir=str(run_dir))
     datamodule = instantiate(cfg.data)
@@ -70,6 +72,13 @@ def cnnlab_step(
     clock = StepClock()
     trainer.callbacks.append(clock)
     trainer.fit(module, datamodule=datamodule)
+    return clock
+
+
+def cnnlab_step(
+    model: str, steps: int, warmup: int, out: Path, extra: tuple[str, ...] = ()
+) -> float:
+    clock = cnnlab_clock(model, steps, out, extra)
     return per_step(clock.starts, clock.end, warmup)
 
 

@@ -2,7 +2,10 @@
 
 Each variant is a list of ``cnnlab-train`` overrides; all variants and the default run
 interleaved ``--repeats`` times, timed per training step as in ``overhead.py``. Prints median
-milliseconds per step and the speed-up over the default (>1: the variant is faster).
+milliseconds per step after the warm-up, the speed-up over the default (>1: the variant is
+faster), the first step's time (which holds ``torch.compile``'s compilation) and the number of
+steps after which a variant with a slower first step has paid for it. On a GPU the precision
+variant is fp32 (the default there is bf16 autocast); on a CPU it is bf16 autocast.
 
     uv run python scripts/bench/speed_defaults.py [--repeats 5]
 """
@@ -17,16 +20,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import cnnlab_step, step_timing_parser  # noqa: E402
+from overhead import cnnlab_clock, per_step, step_timing_parser  # noqa: E402
 
-# name: (overrides, torch threads or None for the default)
-VARIANTS: dict[str, tuple[tuple[str, ...], int | None]] = {
-    "default (channels_last, fp32, no workers)": ((), None),
-    "NCHW memory layout": (("module.channels_last=false",), None),
-    "bf16 autocast": (("trainer.precision=bf16-mixed",), None),
-    "1 torch thread": ((), 1),
-    "2 DataLoader workers": (("data.num_workers=2",), None),
-}
+
+def variants() -> dict[str, tuple[tuple[str, ...], int | None]]:
+    """name: (overrides, torch threads or None for the default)."""
+    precision = (
+        ("fp32 (`trainer.precision=32`)", "32")
+        if torch.cuda.is_available()
+        else ("bf16 autocast (`trainer.precision=bf16-mixed`)", "bf16-mixed")
+    )
+    return {
+        "default": ((), None),
+        "NCHW memory layout (`module.channels_last=false`)": (("module.channels_last=false",), None),
+        precision[0]: ((f"trainer.precision={precision[1]}",), None),
+        "torch.compile (`module.compile=true`)": (("module.compile=true",), None),
+        "1 torch thread": ((), 1),
+        "2 DataLoader workers (`data.num_workers=2`)": (("data.num_workers=2",), None),
+    }
 
 
 def main() -> None:
@@ -35,20 +46,37 @@ def main() -> None:
     args = parser.parse_args()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    print(f"torch {torch.__version__}, CPU bf16 instructions: {bf16 or 'none'}")
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"torch {torch.__version__}, CPU bf16 instructions: {bf16 or 'none'}, GPU: {gpu}")
+    table = variants()
+    steps: dict[str, list[float]] = {name: [] for name in table}
+    firsts: dict[str, list[float]] = {name: [] for name in table}
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            for name, (extra, n_threads) in VARIANTS.items():
+            for name, (extra, n_threads) in table.items():
                 torch.set_num_threads(n_threads or threads)
-                step = cnnlab_step(args.model, args.steps, args.warmup, Path(tmp), extra)
-                times[name].append(step)
+                clock = cnnlab_clock(args.model, args.steps, Path(tmp), extra)
+                steps[name].append(per_step(clock.starts, clock.end, args.warmup))
+                firsts[name].append(clock.starts[1] - clock.starts[0])
     torch.set_num_threads(threads)
-    base = statistics.median(next(iter(times.values())))
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name}: {median * 1e3:.1f} ms/step, speed-up {base / median:.2f}x")
+    base, base_first = (statistics.median(t["default"]) for t in (steps, firsts))
+    print("| variant | ms/step | speed against the default | first step (s): median, slowest | pays off after |")
+    print("|---|--:|--:|--:|--:|")
+    for name in table:
+        step, first = statistics.median(steps[name]), statistics.median(firsts[name])
+        extra_first, saved = first - base_first, base - step
+        if extra_first <= 0:
+            payoff = "at once"
+        elif saved > 0:
+            payoff = f"{extra_first / saved:.0f} steps"
+        else:
+            payoff = "never"
+        print(
+            f"| {name} | {step * 1e3:.1f} | {base / step:.2f}x | {first:.2f}, {max(firsts[name]):.2f}"
+            f" | {payoff} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
