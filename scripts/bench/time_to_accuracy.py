@@ -36,7 +36,10 @@ def main() -> None:
             walls.append(time.perf_counter() - start)
             data = json.loads((run_dir / "results.json").read_text())
             accs.append(data.get("test_acc_tta", data["test_acc"]))
-            print(f"seed {seed}: {walls[-1]:.1f} s wall, test accuracy {accs[-1]:.4f}")
+            print(
+                f"seed {seed}: {walls[-1]:.1f} s wall, test accuracy {accs[-1]:.4f}"
+                f" (last epoch's training accuracy {data['final_train_acc']:.4f})"
+            )
     print(
         f"{' '.join(args.overrides)}: test accuracy median {statistics.median(accs):.4f} "
         f"(min {min(accs):.4f}, max {max(accs):.4f}); wall median {statistics.median(walls):.1f} s "
