@@ -143,6 +143,15 @@ def test_batched_and_per_sample_crop_flip_draw_the_same_distribution():
     assert worst < 0.015  # each of the 50 outcomes has probability 0.02
 
 
+def test_flip_augmentation_mirrors_about_half_the_images_and_moves_nothing_else(fmnist):
+    x = fmnist.train_set.images[:400].float().div(255)
+    torch.manual_seed(0)
+    out, _ = build("flip")(x.clone(), fmnist.train_set.labels[:400])
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # no translation, no other change
+    assert 0.4 < (~same).float().mean() < 0.6
+
 def test_tta_views_are_what_they_claim_and_average_probabilities():
     x = torch.rand(2, 3, 16, 16)
     ten = views(x, "ten_crop")
