@@ -152,6 +152,7 @@ def test_flip_augmentation_mirrors_about_half_the_images_and_moves_nothing_else(
     assert bool((same | mirrored).all())  # no translation, no other change
     assert 0.4 < (~same).float().mean() < 0.6
 
+
 def test_tta_views_are_what_they_claim_and_average_probabilities():
     x = torch.rand(2, 3, 16, 16)
     ten = views(x, "ten_crop")

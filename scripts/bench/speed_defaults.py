@@ -32,7 +32,7 @@ def variants() -> dict[str, tuple[tuple[str, ...], int | None]]:
     )
     return {
         "default": ((), None),
-        "NCHW memory layout (`module.channels_last=false`)": (("module.channels_last=false",), None),
+        "NCHW layout (`module.channels_last=false`)": (("module.channels_last=false",), None),
         precision[0]: ((f"trainer.precision={precision[1]}",), None),
         "torch.compile (`module.compile=true`)": (("module.compile=true",), None),
         "1 torch thread": ((), 1),
@@ -61,7 +61,10 @@ def main() -> None:
                 firsts[name].append(clock.starts[1] - clock.starts[0])
     torch.set_num_threads(threads)
     base, base_first = (statistics.median(t["default"]) for t in (steps, firsts))
-    print("| variant | ms/step | speed against the default | first step (s): median, slowest | pays off after |")
+    print(
+        "| variant | ms/step | speed against the default | first step (s): median, slowest"
+        " | pays off after |"
+    )
     print("|---|--:|--:|--:|--:|")
     for name in table:
         step, first = statistics.median(steps[name]), statistics.median(firsts[name])
@@ -73,8 +76,8 @@ def main() -> None:
         else:
             payoff = "never"
         print(
-            f"| {name} | {step * 1e3:.1f} | {base / step:.2f}x | {first:.2f}, {max(firsts[name]):.2f}"
-            f" | {payoff} |",
+            f"| {name} | {step * 1e3:.1f} | {base / step:.2f}x"
+            f" | {first:.2f}, {max(firsts[name]):.2f} | {payoff} |",
             flush=True,
         )
 
