@@ -2,10 +2,11 @@
 
 Each line of ``--candidates`` (or each positional argument) is one recipe: ``cnnlab-train``
 overrides separated by spaces; a line may start with ``name:``. Every recipe runs once per seed,
-``--parallel`` runs at a time, each in its own run dir under ``--out``. Accuracy does not depend
-on the machine, so the search can run on a machine with many cores or a GPU (pass the overrides
-that keep the arithmetic the CPU's, such as ``trainer.precision=32``); the runs share that
-machine, so their times say nothing: time the winner alone with ``time_to_accuracy.py``.
+``--parallel`` runs at a time, each in its own run dir under ``--out``. Accuracy depends on the
+recipe, not on the machine's speed, so the search can run on a machine with many cores or a GPU
+(pass the overrides that keep the arithmetic the CPU's, such as ``trainer.precision=32``); the
+runs share that machine, so their times say nothing: time the winner alone with
+``time_to_accuracy.py``, which also checks its accuracy where it will run.
 
     python scripts/bench/recipe_search.py --candidates FILE [--seeds 0,1] [--parallel 8] \
         [--common "trainer.precision=32"] --out DIR
