@@ -69,12 +69,14 @@ def main() -> None:
     for name in table:
         step, first = statistics.median(steps[name]), statistics.median(firsts[name])
         extra_first, saved = first - base_first, base - step
-        if extra_first <= 0:
-            payoff = "at once"
-        elif saved > 0:
-            payoff = f"{extra_first / saved:.0f} steps"
-        else:
+        if name == "default":
+            payoff = "-"
+        elif saved <= 0:
             payoff = "never"
+        elif extra_first <= 0:
+            payoff = "at once"
+        else:
+            payoff = f"{extra_first / saved:.0f} steps"
         print(
             f"| {name} | {step * 1e3:.1f} | {base / step:.2f}x"
             f" | {first:.2f}, {max(firsts[name]):.2f} | {payoff} |",
