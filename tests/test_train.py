@@ -33,6 +33,9 @@ def test_fast_dev_run_of_the_default_experiment(tmp_path):
     assert results["run_dir"] == str(run_dir)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert "run_dir" in proc.stdout and "test_acc" in proc.stdout
+    # Lightning's messages once (Hydra's console handler), not again from Lightning's own.
+    assert (proc.stdout + proc.stderr).count("GPU available") == 1
+    assert "GPU available" in (run_dir / "train.log").read_text()
 
 
 @needs_fmnist

@@ -133,6 +133,18 @@ def _user_error(e: Exception) -> str | None:
     return None
 
 
+def lightning_logs_once() -> None:
+    """The ``lightning`` package gives its logger a console handler of its own and also lets its
+    messages reach the root logger, where Hydra has put a console and a train.log handler: every
+    Lightning message would print twice. Once the root logger has handlers, Lightning's goes."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as ``cfg`` says; return the results also written to results.json.
 
@@ -140,6 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``failed`` (with the error) or ``interrupted``, whatever happens in between.
     """
     start = time.perf_counter()
+    lightning_logs_once()
     job = runs.start(cfg)
     if job.same_as is not None:
         return runs.skip(job)
