@@ -28,16 +28,15 @@ JOB = [
     "trainer.limit_test_batches=2",
     "skip_completed=false",
 ]
-LAUNCHERS = {"sequential": [], "joblib": ["hydra/launcher=joblib"]}
 
 
-def sweep(exe: str, jobs: int, extra: list[str]) -> tuple[float, list[float]]:
+def sweep(exe: str, jobs: int, overrides: list[str]) -> tuple[float, list[float]]:
     """(wall time of the whole sweep, wall_time_s of each job from its results.json)."""
     with tempfile.TemporaryDirectory() as cwd:
         seeds = ",".join(str(s) for s in range(jobs))
         start = time.perf_counter()
         subprocess.run(
-            [exe, "-m", *JOB, f"seed={seeds}", *extra], cwd=cwd, check=True, capture_output=True
+            [exe, "-m", *overrides, f"seed={seeds}"], cwd=cwd, check=True, capture_output=True
         )
         wall = time.perf_counter() - start
         results = [json.loads(p.read_text()) for p in Path(cwd).rglob("results.json")]
@@ -53,24 +52,27 @@ def main() -> None:
         "--samples-per-class", type=int, default=100, help="training images: the job's length"
     )
     args = parser.parse_args()
-    JOB.append(f"data.samples_per_class={args.samples_per_class}")
     exe = shutil.which("cnnlab-train")
     if exe is None:
         raise SystemExit("cnnlab-train is not on PATH: run this with `uv run`.")
-    LAUNCHERS["joblib"].append(f"hydra.launcher.n_jobs={args.n_jobs}")
-    walls: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
-    overheads: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+    job = [*JOB, f"data.samples_per_class={args.samples_per_class}"]
+    launchers = {
+        "sequential": [],
+        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in launchers}
+    overheads: dict[str, list[float]] = {name: [] for name in launchers}
     for repeat in range(args.repeats):
-        order = list(LAUNCHERS) if repeat % 2 == 0 else list(reversed(LAUNCHERS))
+        order = list(launchers) if repeat % 2 == 0 else list(reversed(launchers))
         for name in order:
-            wall, job_times = sweep(exe, args.jobs, LAUNCHERS[name])
+            wall, job_times = sweep(exe, args.jobs, [*job, *launchers[name]])
             walls[name].append(wall)
             # Jobs run n at a time under joblib: each has n times the sweep's time per job.
             at_once = args.n_jobs if name == "joblib" else 1
             per_job = wall * at_once / args.jobs
             overheads[name].append((per_job - statistics.fmean(job_times)) / per_job)
             print(f"repeat {repeat}: {name} {wall:.1f} s", flush=True)
-    for name in LAUNCHERS:
+    for name in launchers:
         print(
             f"{name}: median {statistics.median(walls[name]):.1f} s for {args.jobs} jobs "
             f"(min {min(walls[name]):.1f}, max {max(walls[name]):.1f}); time outside the "
