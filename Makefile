@@ -12,7 +12,7 @@ help:
 	@echo "make test                                               run the test suite"
 	@echo "make test-all                                           also the heavy tests (minutes)"
 	@echo "make ablations-ci                                       every ablation at ci scale"
-	@echo "make lint | make format                                 ruff checks / fixes"
+	@echo "make lint | make format                                 ruff and the layer contract / fixes"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -51,9 +51,11 @@ test-all: env data
 ablations-ci: env data
 	$(UV) run --frozen python scripts/reproduce.py all --scale ci
 
+# ruff, then the import contract of pyproject.toml's [tool.importlinter]: no import points up a layer.
 lint: env
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen lint-imports --no-cache
 
 format: env
 	$(UV) run --frozen ruff check --fix .

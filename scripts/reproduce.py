@@ -2,12 +2,12 @@
 
     python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
 
-See cnnlab.ablation; the claims are the experiments under conf/experiment/ablation/.
+See cnnlab.analysis.ablation; the claims are the experiments under conf/experiment/ablation/.
 """
 
 import sys
 
-from cnnlab.ablation import main
+from cnnlab.analysis.ablation import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from cnnlab.data.mnist_like import FashionMNIST
-from cnnlab.train import config_dir
+from cnnlab.paths import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -72,7 +72,7 @@ def available() -> dict[str, str | None]:
 def train(args: list[str]) -> dict:
     """Run cnnlab-train; return its results.json."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args], capture_output=True, text=True
+        [sys.executable, "-m", "cnnlab.cli.train", *args], capture_output=True, text=True
     )
     run_dir = next(
         (line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run_dir")),

@@ -14,9 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from cnnlab.config import register
+from cnnlab.config.schema import register
 from cnnlab.data.mnist_like import FashionMNIST
-from cnnlab.train import config_dir
+from cnnlab.paths import config_dir
 
 CONF = Path(config_dir())
 
@@ -36,12 +36,13 @@ needs_fmnist = pytest.mark.skipif(
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Run ``python -m cnnlab.train ARGS`` in ``cwd`` the way a user would; return the process.
+    """Run ``python -m cnnlab.cli.train ARGS`` in ``cwd`` the way a user would; return the
+    process.
     ``env`` adds variables to the environment; a value of None removes one."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": None, **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}  # None unsets a variable
     return subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args],
+        [sys.executable, "-m", "cnnlab.cli.train", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnnlab import ablation
-from cnnlab.compare import Group, Run
+from cnnlab.analysis.compare import Group, Run
 from conftest import needs_fmnist, read_results
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cnnlab.augment import Albumentations, Augmentation, PerSample, RandomCropFlip
-from cnnlab.augment_ops import PCAColor, ScaleJitter
+from cnnlab.augment.mixing import CutMix, MixUp
+from cnnlab.augment.ops import PCAColor, ScaleJitter
+from cnnlab.augment.pipeline import Albumentations, Augmentation, PerSample, RandomCropFlip
+from cnnlab.augment.tta import tta_probs, views
 from cnnlab.data.mnist_like import FashionMNIST
 from cnnlab.errors import CnnlabError
-from cnnlab.mixing import CutMix, MixUp
-from cnnlab.tta import tta_probs, views
 from conftest import CONF, needs_fmnist
 
 AUGMENTATIONS = sorted(p.stem for p in (CONF / "augmentation").glob("*.yaml"))

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.augment import PerSample
-from cnnlab.run import train
+from cnnlab.augment.pipeline import PerSample
+from cnnlab.training.run import train
 from conftest import CONF, needs_fmnist
 from test_datasets import messy_tree, needs_animals  # noqa: F401  (a fixture, used by name)
 
@@ -35,7 +35,7 @@ def test_per_sample_augmentation_runs_in_the_dataloader(compose_cfg):
     assert train(cfg)["status"] == "completed"
     from hydra.utils import instantiate
 
-    from cnnlab.augment import as_augmentation
+    from cnnlab.augment.pipeline import as_augmentation
 
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -73,7 +73,7 @@ def test_damaged_image_folder_trains_and_lists_skipped_files(compose_cfg, messy_
 def test_show_aug_writes_a_png_grid(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnlab.show_aug import main
+    from cnnlab.augment.preview import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-show-aug", "augmentation=[alexnet,cutmix]",

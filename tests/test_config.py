@@ -9,9 +9,9 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 from cnnlab.errors import CnnlabError
-from cnnlab.run import train
+from cnnlab.training.run import train
 from conftest import CONF, run_cli
 
 GROUPS = [
@@ -112,7 +112,7 @@ def test_printing_the_config_imports_neither_torch_nor_lightning(tmp_path):
     # Lightning alone takes several seconds on a 2-core machine.
     code = (
         "import sys; sys.argv = ['cnnlab-train', '--cfg', 'job']\n"
-        "from cnnlab.train import main\n"
+        "from cnnlab.cli.train import main\n"
         "main()\n"
         "print('heavy:', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
     )
@@ -125,7 +125,7 @@ def test_printing_the_config_imports_neither_torch_nor_lightning(tmp_path):
 
 
 def test_trainer_arguments_read_from_source_match_lightnings_signature():
-    from cnnlab.config import _composable_trainer_schema, trainer_schema
+    from cnnlab.config.schema import _composable_trainer_schema, trainer_schema
 
     read = {f.name: f.default for f in dataclasses.fields(_composable_trainer_schema())}
     real = {f.name: f.default for f in dataclasses.fields(trainer_schema())}

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 
 MODELS = {  # config overrides: a small model whose classifier has dropout
     "resnet_small": ["model=resnet_small", "data.image_size=28"],

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnnlab import checkpoint, ensemble
-from cnnlab.tta import views
+from cnnlab.augment.tta import views
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 # One epoch of LeNet-5 (ReLU and max pooling: quicker on a CPU than the paper's) on 100 or 150
@@ -42,7 +42,8 @@ def runs(tmp_path_factory) -> dict[tuple[int, int], Path]:
 
 
 def softmax_probs(trained: checkpoint.Trained, images: torch.Tensor, tta: str) -> torch.Tensor:
-    """Probabilities computed here, apart from cnnlab.ensemble: softmax of each view, averaged."""
+    """Probabilities computed here, apart from cnnlab.analysis.ensemble: softmax of each view,
+    averaged."""
     with torch.no_grad():
         x = trained.inputs(images)
         return torch.stack([trained.module(v).softmax(-1) for v in views(x, tta)]).mean(0)

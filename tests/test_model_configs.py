@@ -7,8 +7,8 @@ import math
 import pytest
 from hydra.utils import instantiate
 
-from cnnlab.config import validate
-from cnnlab.run import train
+from cnnlab.config.schema import validate
+from cnnlab.training.run import train
 from conftest import CONF, needs_fmnist
 
 # Larger siblings of a config whose code path they share (same classes, more or wider layers).

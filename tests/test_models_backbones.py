@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 from cnnlab.models.backbones import (
     BackboneError,
     replace_heads,
@@ -19,7 +19,7 @@ from cnnlab.models.backbones import (
     torchvision_model,
 )
 from cnnlab.models.mobilenet import SEPARABLE_LAYERS, STEM_CHANNELS, MobileNetV1
-from cnnlab.summary import summarize
+from cnnlab.tracking.profile import summarize
 
 
 def n_params(model: nn.Module) -> int:

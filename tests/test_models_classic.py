@@ -10,7 +10,7 @@ import torchvision
 from hydra.utils import instantiate
 from torch import nn
 
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 from cnnlab.models.alexnet import AlexNet, local_response_norm
 from cnnlab.models.lenet import LeNet5, PartialConv2d, RBFOutput, ScaledTanh, Subsampling
 from cnnlab.models.vgg import CONFIGS, VGG

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision import models as tvm
 
-from cnnlab.config import OptimizerConfig, SchedulerConfig
+from cnnlab.config.schema import OptimizerConfig, SchedulerConfig
 from cnnlab.models.googlenet import GOOGLENET_TABLE, GoogLeNet, Inception
 from cnnlab.models.inception_v3 import InceptionV3
 from cnnlab.models.se import SqueezeExcitation
-from cnnlab.module import ClassificationModule
+from cnnlab.training.module import ClassificationModule
 from conftest import CONF
 
 GOOGLENET_PRESETS = ["googlenet", "googlenet_naive", "googlenet_torchvision", "se_googlenet"]

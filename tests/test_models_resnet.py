@@ -10,7 +10,7 @@ import torchvision
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 from cnnlab.models.resnet import BasicBlock, Block, Bottleneck, ResNet, ZeroPadShortcut
 from conftest import CONF
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.config import OptimizerConfig, SchedulerConfig
+from cnnlab.config.schema import OptimizerConfig, SchedulerConfig
 from cnnlab.models.resnet import ResNet
-from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.optim.factory import build_optimizer, build_scheduler
 
 
 def _cfg(schema, **values):

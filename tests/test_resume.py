@@ -34,7 +34,7 @@ SMALL = [
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "cnnlab.train", *args],
+        [sys.executable, "-m", "cnnlab.cli.train", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -136,7 +136,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 SAVE_FOREVER = """
 import sys, torch
-from cnnlab.faults import AtomicCheckpointIO
+from cnnlab.training.faults import AtomicCheckpointIO
 io, i = AtomicCheckpointIO(), 0
 while True:
     i += 1
@@ -187,8 +187,8 @@ def test_rerunning_a_multirun_skips_completed_jobs_by_config(tmp_path):
 def test_checkpoints_load_whether_or_not_the_model_was_compiled(compose_cfg, tmp_path):
     from omegaconf import OmegaConf
 
-    from cnnlab.checkpoint import load, rebuild
-    from cnnlab.config import validate
+    from cnnlab.config.schema import validate
+    from cnnlab.inference.loading import load, rebuild
 
     cfg = validate(compose_cfg(["model=lenet5", "module.compile=true"]))
     names = [str(i) for i in range(10)]

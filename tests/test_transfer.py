@@ -15,18 +15,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision import models as tv_models
 
-from cnnlab.checkpoint import load
-from cnnlab.config import SchedulerConfig, validate
+from cnnlab.config.schema import SchedulerConfig, validate
 from cnnlab.data.mnist_like import FashionMNIST
 from cnnlab.errors import CnnlabError
-from cnnlab.freeze import is_frozen_norm
+from cnnlab.inference.loading import load
 from cnnlab.models.backbones import torchvision_model
 from cnnlab.models.resnet import ResNet
 from cnnlab.models.vgg import VGG
-from cnnlab.optim import add_param_groups, build_scheduler, parameter_groups
-from cnnlab.run import build_module, train
-from cnnlab.transfer import cut, cut_points, lr_scales
-from cnnlab.weights import hub_dir, load_weights, resolve
+from cnnlab.models.weights import hub_dir, load_weights, resolve
+from cnnlab.optim.factory import add_param_groups, build_scheduler, parameter_groups
+from cnnlab.training.run import build_module, train
+from cnnlab.transfer.freeze import is_frozen_norm
+from cnnlab.transfer.strategies import cut, cut_points, lr_scales
 from conftest import CONF, needs_fmnist, run_cli, run_dirs
 
 pytestmark = needs_fmnist

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cnnlab import evaluate, explain, export, predict
-from cnnlab.checkpoint import load, load_test_split, rebuild
-from cnnlab.config import validate
+from cnnlab.config.schema import validate
 from cnnlab.data.mnist_like import FashionMNIST
+from cnnlab.inference.loading import load, load_test_split, rebuild
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 pytestmark = needs_fmnist

@@ -2,11 +2,11 @@
 
 1. Throughput (images/s) of the `basic` pipeline (random crop of the padded image + flip) on real
    Fashion-MNIST images at 28x28 (1 channel) and 32x32 (3 channels), from uint8 batches to
-   augmented float batches: batched (cnnlab.augment.RandomCropFlip on the whole batch, as
+   augmented float batches: batched (cnnlab.augment.pipeline.RandomCropFlip on the whole batch, as
    ClassificationModule.on_after_batch_transfer runs it) against per sample (torchvision v2
    RandomCrop + RandomHorizontalFlip on each uint8 image, as a DataLoader worker runs it).
    Repeats are interleaved; medians and the ratio are printed.
-2. data_wait_frac (cnnlab.data_wait.DataWaitMonitor) of the default experiment for
+2. data_wait_frac (cnnlab.training.data_wait.DataWaitMonitor) of the default experiment for
    ``--steps`` training steps, with augmentation none and basic, batched and per sample, with
    0 and 2 DataLoader workers (interleaved over ``--repeats``).
 
@@ -28,11 +28,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from cnnlab.augment import PerSample, RandomCropFlip
-from cnnlab.config import register
+from cnnlab.augment.pipeline import PerSample, RandomCropFlip
+from cnnlab.config.schema import register
 from cnnlab.data.mnist_like import FashionMNIST
-from cnnlab.run import train
-from cnnlab.train import config_dir
+from cnnlab.paths import config_dir
+from cnnlab.training.run import train
 
 
 def images(size: int, channels: int, n: int) -> torch.Tensor:

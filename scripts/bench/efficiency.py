@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from cnnlab.summary import compose_config, summarize
+from cnnlab.config.compose import compose_config
+from cnnlab.tracking.profile import summarize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import cnnlab_step, plain_step, step_timing_parser  # noqa: E402

@@ -32,7 +32,7 @@ def epoch_times(cache: bool, epochs: int, overrides: list[str], cwd: str) -> lis
         *overrides,
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args], cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "cnnlab.cli.train", *args], cwd=cwd, capture_output=True, text=True
     )
     if proc.returncode != 0:
         sys.exit(proc.stdout + proc.stderr)

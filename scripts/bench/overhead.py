@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from cnnlab.optim import build_optimizer, build_scheduler
-from cnnlab.run import build_module, build_trainer
-from cnnlab.summary import compose_config
+from cnnlab.config.compose import compose_config
+from cnnlab.optim.factory import build_optimizer, build_scheduler
+from cnnlab.training.run import build_module, build_trainer
 
 
 class StepClock(Callback):

@@ -44,7 +44,7 @@ def read_candidates(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def run_one(name: str, overrides: list[str], seed: str, out: Path, threads: int) -> dict:
     run_dir = out / f"{name}-seed{seed}"
-    argv = [sys.executable, "-m", "cnnlab.train", *overrides, f"seed={seed}"]
+    argv = [sys.executable, "-m", "cnnlab.cli.train", *overrides, f"seed={seed}"]
     argv += [f"hydra.run.dir={run_dir}", "skip_completed=false"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()

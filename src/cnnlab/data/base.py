@@ -15,7 +15,7 @@ from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
 
-# A per-sample augmentation: one uint8 image (C, H, W) in, one out (see cnnlab.augment).
+# A per-sample augmentation: one uint8 image (C, H, W) in, one out (see cnnlab.augment.pipeline).
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 

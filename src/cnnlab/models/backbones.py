@@ -16,8 +16,8 @@
   (efficientnet_*, tf_efficientnet_*, mobilenetv1_*, mobilenetv2_*, mobilenetv3_*, mnasnet_*...);
   any other model raises an error that suggests ``input_size``.
 
-Each returned model has a ``min_input_size`` attribute, the smallest square input it accepts,
-and a ``weights_report`` (:class:`cnnlab.weights.LoadReport`, None without weights). Weights are
+Each returned model has a ``min_input_size`` attribute, the smallest square input it accepts, and a
+``weights_report`` (:class:`cnnlab.models.weights.LoadReport`, None without weights). Weights are
 loaded by the libraries themselves: torchvision's ``weights`` (``IMAGENET1K_V1``, ``DEFAULT``...)
 from $TORCH_HOME/hub/checkpoints or the web, timm's ``pretrained`` weights from the Hugging Face
 cache or the web, or from a local ``weights_file`` through timm's ``pretrained_cfg_overlay``.
@@ -39,7 +39,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 from cnnlab.errors import CnnlabError
-from cnnlab.weights import LoadReport, classifier_layers, fetch_error, torchvision_weights
+from cnnlab.models.weights import LoadReport, classifier_layers, fetch_error, torchvision_weights
 
 # The families whose stem ``small_input`` can make stride 1: for each, the module holding the
 # stem's strided convolution (its first convolution is changed) and the stem's max pooling, which

@@ -1,0 +1,370 @@
+"""Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
+judge the claim and write the result into the ablations page.
+
+    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
+
+Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
+claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
+overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts
+``cnnlab-train -m experiment=ablation/<name>`` with the scale's overrides (an idempotent multirun:
+a second call skips what completed), groups the runs as ``cnnlab-compare`` does, and judges each
+prediction: *reproduced* when the difference has the predicted sign and exceeds the seed spread
+(the larger standard deviation of the two groups), *not reproduced at this scale* when it has the
+other sign and exceeds the spread, *inconclusive* within the spread. The claim's verdict is the
+worst of its predictions. The section of the page between the claim's markers is replaced, the
+others are kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.analysis.compare import Group, Run, Stat, group_runs, load_local, plot_curves
+from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
+from cnnlab.config.compose import compose_config
+from cnnlab.errors import CnnlabError
+from cnnlab.paths import RESULTS_FILE, config_dir, write_text
+
+SCALES = ("ci", "cpu", "gpu")
+EXPERIMENTS = Path(config_dir()) / "experiment" / "ablation"
+DOC = Path("docs") / "ablations.md"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = (
+    "reproduced",
+    "not reproduced at this scale",
+    "inconclusive",
+)
+# Worst first: a claim takes the first of these that any of its predictions got.
+SEVERITY = (NOT_REPRODUCED, INCONCLUSIVE, REPRODUCED)
+
+
+def names() -> list[str]:
+    """The claims, in the order of their numbers."""
+    found = {p.stem: OmegaConf.load(p).ablation.number for p in EXPERIMENTS.glob("*.yaml")}
+    return sorted(found, key=found.__getitem__)
+
+
+def claim_config(name: str) -> DictConfig:
+    """The composed cpu-scale config of claim ``name`` (its ``ablation`` section says the rest)."""
+
+    if not (EXPERIMENTS / f"{name}.yaml").is_file():
+        raise CnnlabError(
+            f"No ablation named {name!r}. Known: {', '.join(names())} (or all); each is a file "
+            f"in {EXPERIMENTS}."
+        )
+    return compose_config([f"experiment=ablation/{name}"])
+
+
+def metric_value(run: Run, metric: str) -> float | None:
+    """A run's figure: a results.json key, ``overfit_gap`` (last training-epoch accuracy minus
+    test accuracy) or ``<curve>@<epoch>`` (a logged curve's value at that epoch)."""
+    if metric == "overfit_gap":
+        train, test = run.results.get("final_train_acc"), run.results.get("test_acc")
+        return None if train is None or test is None else float(train) - float(test)
+    if "@" in metric:
+        curve, epoch = metric.split("@")
+        values = [v for e, v in run.curves.get(curve, []) if e == float(epoch)]
+        return values[-1] if values else None
+    value = run.results.get(metric)
+    return None if value is None else float(value)
+
+
+def summary(stat: Stat) -> str:
+    if not stat.values:
+        return "-"
+    if len(stat.values) == 1:
+        return _fmt(stat.mean)
+    return f"{_fmt(stat.mean)} ± {_fmt(stat.std)}"
+
+
+def _fmt(x: float) -> str:
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.4f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def stat(group: Group, metric: str) -> Stat:
+    values = [metric_value(r, metric) for r in group.runs]
+    return Stat([v for v in values if v is not None])
+
+
+def find_group(groups: list[Group], by: list[str], selector: dict[str, Any]) -> Group:
+    unknown = [k for k in selector if k not in by]
+    if unknown:
+        raise CnnlabError(f"An expectation selects by {unknown}, not among ablation.by={by}.")
+    want = {k: str(v) for k, v in selector.items()}
+    for g in groups:
+        if all(g.values[by.index(k)] == v for k, v in want.items()):
+            return g
+    raise MissingGroup(f"no completed run with {want}")
+
+
+class MissingGroup(LookupError):
+    pass
+
+
+@dataclass
+class Judgement:
+    says: str
+    verdict: str
+    detail: str
+
+
+def judge(expect: dict[str, Any], groups: list[Group], by: list[str]) -> Judgement:
+    """One prediction of a claim, judged on the groups' means and their seed spread."""
+    metric, says = expect["metric"], expect["says"]
+    try:
+        return _judge(expect, metric, says, groups, by)
+    except MissingGroup as e:
+        return Judgement(says, INCONCLUSIVE, str(e))
+
+
+def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], by: list[str]):
+    if "between" in expect:
+        of, to = (stat(find_group(groups, by, expect[k]), metric) for k in ("of", "to"))
+        ratio = of.mean / to.mean
+        low, high = expect["between"]
+        verdict = REPRODUCED if low <= ratio <= high else NOT_REPRODUCED
+        return Judgement(says, verdict, f"{metric} ratio {ratio:.3g}, predicted {low:g}-{high:g}")
+    if "similar" in expect:
+        pair = expect["similar"]
+    elif "not_below" in expect:
+        pair = (expect["not_below"], expect["than"])
+    else:
+        pair = (expect["higher"], expect["lower"])
+    a, b = (stat(find_group(groups, by, selector), metric) for selector in pair)
+    if not a.values or not b.values:
+        return Judgement(says, INCONCLUSIVE, f"a group has no {metric}")
+    diff, spread = a.mean - b.mean, max(a.std, b.std)
+    detail = (
+        f"{metric} {_fmt(a.mean)} vs {_fmt(b.mean)}: difference {diff:+.3g}, spread {spread:.2g}"
+    )
+    if max(len(a.values), len(b.values)) < 2:
+        return Judgement(says, INCONCLUSIVE, detail + "; one seed, no spread to compare with")
+    tolerance = max(spread, expect.get("within", 0.0))
+    if "similar" in expect:
+        return Judgement(says, REPRODUCED if abs(diff) <= tolerance else NOT_REPRODUCED, detail)
+    if "not_below" in expect:
+        return Judgement(says, REPRODUCED if diff >= -tolerance else NOT_REPRODUCED, detail)
+    if abs(diff) <= spread:
+        return Judgement(says, INCONCLUSIVE, detail)
+    return Judgement(says, REPRODUCED if diff > 0 else NOT_REPRODUCED, detail)
+
+
+def ensemble_groups(report: dict[str, Any]) -> list[Group]:
+    """cnnlab-ensemble's settings as groups to judge (by ``setting``: single, single_tta,
+    ensemble, ensemble_tta): a single model's accuracy per run, the ensemble's once; the
+    times of every setting."""
+    per_run = {"single": "test_acc", "single_tta": "test_acc_tta"}
+    groups = []
+    for s in report["settings"]:
+        key = s["key"]
+        times = {"time_s": s["time_s"], "time_ratio": s["time_ratio"]}
+        accs = [r[per_run[key]] for r in report["runs"]] if key in per_run else [s["test_acc"]]
+        runs = [
+            Run(run_dir=f"{key}/{i}", status="completed", params={"setting": key},
+                results={"test_acc": acc, **times})
+            for i, acc in enumerate(accs)
+        ]  # fmt: skip
+        groups.append(Group((key,), runs, accs))
+    return groups
+
+
+def table(groups: list[Group], by: list[str], metrics: list[str]) -> str:
+    header = [*by, *metrics, "n", "params", "MACs"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(by) + "--:|" * (len(header) - len(by)),
+    ]
+    for g in groups:
+        cells = [*g.values, *(summary(stat(g, m)) for m in metrics), str(len(g.runs))]
+        cells += [f"{g.first('params'):,}" if g.first("params") else "-"]
+        cells += [f"{g.first('macs'):,}" if g.first("macs") else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(overrides: list[str], out: Path) -> int:
+    """``cnnlab-train -m OVERRIDES`` with its sweep dir at ``out``; its exit status."""
+    args = ["-m", *overrides, f"hydra.sweep.dir={out}"]
+    print(f"cnnlab-train {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "cnnlab.cli.train", *args]).returncode
+
+
+def pretrain_dir(overrides: list[str], out: Path) -> str:
+    """The run dir of a claim's source run, trained once (a later call finds it and skips)."""
+    if run_sweep(overrides, out):
+        raise CnnlabError(f"The pretraining run failed: see {out}.")
+    results = json.loads((out / "0" / RESULTS_FILE).read_text())
+    return results.get("same_as") or results["run_dir"]
+
+
+def describe(cfg: DictConfig, runs: list[Run], by: list[str]) -> str:
+    """The scale of a sweep in words: data, images, epochs, seeds (the table has what it varies)."""
+    data = cfg.data
+    per_class = data.get("samples_per_class")
+    size = f"{per_class} training images per class" if per_class else "the whole training set"
+    if "data.samples_per_class" in by:
+        size = "training images per class as in the table"
+    budget = (
+        f"{cfg.trainer.max_steps} steps"
+        if cfg.trainer.get("max_steps", -1) not in (-1, None)
+        else f"{cfg.trainer.max_epochs} epoch" + ("s" if cfg.trainer.max_epochs != 1 else "")
+    )
+    seeds = sorted({int(r.params.get("seed", -1)) for r in runs})
+    choice = "data sets as in the table" if "data" in by else data._target_.rsplit(".", 1)[-1]
+    return f"{choice}, {size}, {budget}, seeds {', '.join(map(str, seeds))}"
+
+
+def section(
+    name: str, scale: str, cfg: DictConfig, runs: list[Run], doc: Path,
+    report: dict[str, Any] | None,
+) -> tuple[str, str]:  # fmt: skip
+    """The Markdown section of one claim and its verdict; ``report``, cnnlab-ensemble's on the
+    sweep's runs, is shown and judged when the claim asks for one."""
+    a = cfg.ablation
+    by, metrics = list(a.by), list(a.metrics)
+    # In the order of the sweep's jobs, as the experiment lists the values.
+    order = {r.run_dir: i for i, r in enumerate(runs)}
+    groups = sorted(group_runs(runs, by, metrics[0]), key=lambda g: order[g.runs[0].run_dir])
+    failed = [r for r in runs if r.status not in ("completed", "skipped")]
+    judged, judged_by = (ensemble_groups(report), ["setting"]) if report else (groups, by)
+    judgements = [judge(OmegaConf.to_container(e), judged, judged_by) for e in a.expect]
+    found = {j.verdict for j in judgements}
+    verdict = next((v for v in SEVERITY if v in found), INCONCLUSIVE)
+    curves = doc.parent / "ablations" / f"{name}_curves.png"
+    curves.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(groups, by, curves)
+    when = datetime.date.today().isoformat()
+    # Training time, so that a rerun which skips completed jobs reports the same.
+    minutes = sum(r.results.get("wall_time_s", 0.0) for r in runs if r.status == "completed") / 60
+    lines = [
+        f"## {a.number}. {a.title}",
+        "",
+        f"**Claim** ({a.source}): {a.claim}",
+        "",
+        *([f"**Paper:** {a.paper}", ""] if a.paper else []),
+        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min of training: "
+        f"{describe(cfg, runs, by)}. Command: "
+        f"`python scripts/reproduce.py {name} --scale {scale}`.",
+        "",
+        table(groups, by, metrics),
+        "",
+        *([markdown(report), ""] if report else []),
+        *(f"- {j.verdict}: {j.says} ({j.detail})" for j in judgements),
+        *(f"- failed run: {r.run_dir}: {r.results.get('error', r.status)}" for r in failed),
+        "",
+        f"**Verdict: {verdict}.**",
+        "",
+        *([a.note, ""] if a.get("note") else []),
+        f"![{a.title}: mean ± std over seeds]({curves.relative_to(doc.parent)})",
+    ]
+    return "\n".join(lines), verdict
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    return f"{cores}-core {platform.machine()} CPU" + (", GPU" if _has_gpu() else "")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- ablation:{name}:start -->", f"<!-- ablation:{name}:end -->"
+
+
+HEADER = """# Ablations: the source texts' claims, measured
+
+Generated by `scripts/reproduce.py` (cnnlab.analysis.ablation): do not edit the sections by hand.
+Each claim is a multirun experiment under `conf/experiment/ablation/`; `python scripts/reproduce.py
+<name> --scale cpu` reruns it (completed jobs are skipped) and rewrites its section. A verdict is
+*reproduced* when every predicted difference has the predicted sign and exceeds the seed spread (the
+larger standard deviation of the two groups compared), *not reproduced at this scale* when one has
+the other sign beyond the spread, *inconclusive* otherwise.
+
+The `cpu` scale keeps each claim to minutes on a 2-core CPU: subsets of a few hundred images per
+class, a few epochs, networks at a fraction of the paper's widths. A verdict holds for that scale
+only; `--scale gpu` has the paper-sized settings (not run here). Times are those of training,
+summed over a claim's runs.
+"""
+
+
+def write_doc(doc: Path, name: str, text: str, verdict: str, order: list[str]) -> None:
+    old = doc.read_text() if doc.is_file() else HEADER
+    blocks = {}
+    for other in order:
+        start, end = markers(other)
+        if start in old:
+            blocks[other] = old.split(start, 1)[1].split(end, 1)[0].strip("\n")
+    blocks[name] = text + f"\n<!-- verdict: {verdict} -->"
+    summary = ["| # | claim | verdict |", "|--:|---|---|"]
+    for i, other in enumerate(order, 1):
+        if other in blocks:
+            title = blocks[other].splitlines()[0].split(". ", 1)[1]
+            found = blocks[other].rsplit("<!-- verdict: ", 1)[1].split(" -->")[0]
+            summary.append(f"| {i} | [{title}](#{anchor(blocks[other])}) | {found} |")
+    body = [HEADER.rstrip(), "", *summary, ""]
+    for other in order:
+        if other in blocks:
+            start, end = markers(other)
+            body += [start, blocks[other], end, ""]
+    write_text(doc, "\n".join(body))
+
+
+def anchor(block: str) -> str:
+    """GitHub's anchor of a section's heading."""
+    heading = block.splitlines()[0].lstrip("#").strip().lower()
+    kept = "".join(c for c in heading if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def reproduce(
+    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None
+) -> str:
+    """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict.
+    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running."""
+    cfg = claim_config(name)
+    a = cfg.ablation
+    if scale != "cpu" and scale not in a.scales:
+        raise CnnlabError(
+            f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
+        )
+    # The experiment is the cpu scale; the others are overrides of it.
+    overrides = list(a.scales.get(scale, []))
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    code = 0
+    if sweep_dir is None:
+        sweep_dir = output_root / "ablations" / scale / name / stamp
+        if a.pretrain:
+            pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
+            source = pretrain_dir(pretrain, sweep_dir.parent / "pretrain")
+            overrides.append(f"transfer.init_from={source}")
+        code = run_sweep([f"experiment=ablation/{name}", *overrides], sweep_dir)
+    runs = load_local([sweep_dir]) if sweep_dir.is_dir() else []
+    if not runs:
+        raise CnnlabError(f"no run was written under {sweep_dir} (exit status {code}).")
+    report = None
+    if a.ensemble_tta:
+        report = ensemble(completed_run_dirs([sweep_dir]), tta=a.ensemble_tta)
+    # The scale from the runs themselves; the claim and its predictions as they are now.
+    job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
+    job_cfg.ablation = a
+    text, verdict = section(name, scale, job_cfg, runs, doc, report)
+    write_doc(doc, name, text, verdict, names())
+    print(f"[{name}] {verdict}; wrote {doc}", flush=True)
+    if code != 0:
+        raise CnnlabError(f"some jobs failed (exit status {code}): see {sweep_dir}.")
+    return verdict

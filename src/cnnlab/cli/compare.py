@@ -1,0 +1,62 @@
+"""``cnnlab-compare``: group runs by the parameters that differ, aggregate over seeds.
+
+    cnnlab-compare outputs/multirun/2026-11-25/22-30-00_sweep [--by model,augmentation]
+                   [--metric test_acc] [--out DIR] [--wandb entity/project]
+
+Reads run dirs (results.json, .hydra/ and csv/metrics.csv; any folder above them will do) or,
+with ``--wandb``, the runs of a W&B project. Runs are grouped by ``--by`` or else by every
+parameter (a config group's choice or a config value) that differs between them, except the
+seed; each group gets the mean +- sample standard deviation of the metric over its runs and their
+number n. Writes comparison.md, comparison.csv and PNG plots (learning curves with a band of one
+standard deviation over seeds, the metric against each grouping parameter and against MACs) and
+prints the Markdown table. A skipped run (``same_as``) counts with the metrics of the run it
+repeats; failed runs are listed under the table, not aggregated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnnlab.analysis.compare import compare, load_local, load_wandb
+from cnnlab.cli.common import command
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab-compare",
+        description="Group runs by the parameters that differ, aggregate the metric over seeds "
+        "(mean ± std, n) and write a Markdown table, a CSV and PNG plots.",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, help="run dirs or multirun dirs")
+    parser.add_argument(
+        "--by",
+        help="comma-separated parameters to group by (default: those "
+        "that differ between the runs, except the seed)",
+    )
+    parser.add_argument("--metric", default="test_acc", help="results.json key (default test_acc)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write (default: <path>/comparison for one path, ./comparison otherwise)",
+    )
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.wandb):
+        parser.error("give run dirs or multirun dirs, or --wandb ENTITY/PROJECT (not both)")
+    return args
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = load_wandb(args.wandb) if args.wandb else load_local(args.paths)
+    out = args.out or (args.paths[0] / "comparison" if len(args.paths) == 1 else Path("comparison"))
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    print(compare(runs, by, args.metric, out), end="")
+    print(f"wrote {out}/comparison.md, comparison.csv and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

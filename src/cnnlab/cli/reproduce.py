@@ -1,0 +1,72 @@
+"""Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
+judge the claim and write the result into the ablations page.
+
+    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
+
+Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
+claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
+overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts
+``cnnlab-train -m experiment=ablation/<name>`` with the scale's overrides (an idempotent multirun:
+a second call skips what completed), groups the runs as ``cnnlab-compare`` does, and judges each
+prediction: *reproduced* when the difference has the predicted sign and exceeds the seed spread
+(the larger standard deviation of the two groups), *not reproduced at this scale* when it has the
+other sign and exceeds the spread, *inconclusive* within the spread. The claim's verdict is the
+worst of its predictions. The section of the page between the claim's markers is replaced, the
+others are kept."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnnlab.analysis.ablation import DOC, SCALES, names, reproduce
+from cnnlab.cli.common import command
+from cnnlab.errors import CnnlabError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="reproduce.py", description="Run the source texts' ablations and write their results."
+    )
+    parser.add_argument(
+        "names", nargs="+", help="ablation names (files of conf/experiment/ablation) or all"
+    )
+    parser.add_argument("--scale", choices=SCALES, default="cpu")
+    parser.add_argument(
+        "--doc", type=Path,
+        help=f"the page to write (default: {DOC} at cpu scale, else "
+        "<output root>/ablations/<scale>/ablations.md)",
+    )  # fmt: skip
+    parser.add_argument("--output-root", type=Path, default=Path("outputs"))
+    parser.add_argument(
+        "--sweep-dir",
+        type=Path,
+        help="judge and write up this earlier sweep of the (one) claim instead of running it",
+    )
+    return parser.parse_args(argv)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = names() if args.names == ["all"] else args.names
+    if args.sweep_dir and len(chosen) != 1:
+        raise CnnlabError(f"--sweep-dir {args.sweep_dir} is the sweep of one claim; name one.")
+    doc = args.doc or (
+        DOC if args.scale == "cpu" else args.output_root / "ablations" / args.scale / "ablations.md"
+    )
+    failures = []
+    for name in chosen:
+        try:
+            reproduce(name, args.scale, doc, args.output_root, args.sweep_dir)
+        except CnnlabError as e:
+            print(f"[{name}] {e}", file=sys.stderr, flush=True)
+            failures.append(name)
+    if failures:
+        print(f"Failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

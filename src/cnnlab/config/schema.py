@@ -1,0 +1,420 @@
+"""Config schemas, resolvers and validation.
+
+Groups with a fixed shape (optimizer, scheduler, module, transfer, paths) are dataclasses
+registered in Hydra's ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a badly
+typed value while it composes. Groups that name a class with ``_target_`` (model, data,
+augmentation, logger, callbacks) take whatever that class takes, and so does ``trainer`` (the
+arguments of ``lightning.Trainer``): their schema is derived from the signature and checked by
+:func:`validate` before anything runs. Deriving it needs the class imported, and importing
+Lightning takes seconds, which ``cnnlab-train --help`` and ``--cfg job`` should not pay.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import functools
+import importlib
+import importlib.util
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cnnlab.config.job import job_name, sweep_group
+from cnnlab.errors import CnnlabError
+
+
+class OptimizerName(enum.Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class SchedulerName(enum.Enum):
+    none = "none"
+    cosine = "cosine"
+    step = "step"
+    onecycle = "onecycle"
+
+
+class TransferStrategy(enum.Enum):
+    scratch = "scratch"
+    finetune = "finetune"
+    feature_extract = "feature_extract"
+    partial = "partial"
+    two_stage = "two_stage"
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Decaying BatchNorm scales and biases only shrinks them; timm and torchvision skip them.
+    decay_norm_and_bias: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.cosine
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_epochs: int = 30
+    gamma: float = 0.1
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+@dataclass
+class ModuleConfig:
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class TransferConfig:
+    """The options of the strategies of cnnlab.transfer.strategies (conf/transfer/*.yaml say
+    which is whose)."""
+
+    strategy: TransferStrategy = TransferStrategy.scratch
+    # A weights file (.pth, .safetensors, .ckpt), an earlier run's directory or torchvision name.
+    init_from: Optional[str] = None
+    cut_at: Optional[str] = None
+    freeze_kept: bool = False
+    cache_features: bool = False
+    backbone_lr_scale: float = 1.0
+    layer_decay: Optional[float] = None
+    unfreeze_epoch: int = 1
+    unfreeze_blocks: Optional[int] = None
+    stage2_lr: float = 1e-3
+    keep_bn_frozen: bool = False
+
+
+class TTAMode(enum.Enum):
+    none = "none"
+    hflip = "hflip"
+    five_crop = "five_crop"
+    ten_crop = "ten_crop"
+    multiscale = "multiscale"
+
+
+@dataclass
+class EvalConfig:
+    # Test-time augmentation: test_acc_tta (averaged over views) is reported next to test_acc.
+    tta: TTAMode = TTAMode.none
+
+
+@dataclass
+class AblationConfig:
+    """A source text's claim that an experiment under conf/experiment/ablation/ tests, and how
+    ``scripts/reproduce.py`` judges it (see cnnlab.analysis.ablation); cnnlab-train does not
+    read it."""
+
+    number: int = MISSING
+    title: str = MISSING
+    claim: str = MISSING
+    source: str = MISSING
+    # What the paper measured, where it did.
+    paper: str = ""
+    # The parameters the table groups runs by, and the metrics it shows (results.json keys,
+    # overfit_gap, or <curve>@<epoch> such as val_acc@3).
+    by: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["test_acc"])
+    # Each names what it predicts (says) about a metric, for groups selected by {param: value}:
+    # higher/lower (beyond the seed spread), similar: [a, b] or not_below/than (within the spread
+    # or `within`), or of/to with between: [low, high] for the ratio of the two groups' means.
+    expect: list[Any] = field(default_factory=list)
+    # Overrides per scale; the experiment itself is the cpu scale.
+    scales: dict[str, list[str]] = field(default_factory=dict)
+    # A source run trained first ({overrides: [...], scales: {ci: [...]}}), whose run dir the
+    # sweep's jobs get as transfer.init_from.
+    pretrain: Optional[dict[str, Any]] = None
+    # Evaluate the sweep's runs as an ensemble with this test-time augmentation.
+    ensemble_tta: Optional[str] = None
+    # What a reader needs to know to read the result, printed under the verdict.
+    note: str = ""
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    output_root: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The OmegaConf field type for a Python annotation; Any where OmegaConf cannot express it."""
+    if annotation in (int, float, bool, str):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            inner = _schema_type(rest[0])
+            return Any if inner is Any else Optional[inner]
+        return Any
+    if origin in (list, tuple, Sequence) and args and args[0] in (int, float, str, bool):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return Any
+        return List[args[0]]
+    return Any
+
+
+def _default(param: inspect.Parameter) -> Any:
+    if param.default is inspect.Parameter.empty:
+        return MISSING
+    if isinstance(param.default, (int, float, bool, str, type(None), enum.Enum)):
+        return param.default
+    return None
+
+
+@functools.cache
+def signature_schema(target: Callable) -> type | None:
+    """A dataclass of the keyword arguments of ``target``; None if it takes **kwargs."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to untyped fields
+        hints = {}
+    params = [p for p in inspect.signature(target).parameters.values() if p.name != "self"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    fields = []
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        kind = _schema_type(hints.get(p.name, Any))
+        default = _default(p)
+        if kind is not Any and default is None and not _allows_none(kind):
+            kind = Optional[kind]
+        fields.append((p.name, kind, field(default=default)))
+    return dataclasses.make_dataclass(f"{target.__name__}Schema", fields)
+
+
+def _allows_none(kind: Any) -> bool:
+    return type(None) in typing.get_args(kind)
+
+
+@functools.cache
+def trainer_schema() -> type:
+    from lightning import Trainer
+
+    schema = signature_schema(Trainer)
+    # logger and callbacks are cnnlab groups of their own; cnnlab adds "auto" precision.
+    keep = [
+        (f.name, f.type, field(default=f.default))
+        for f in dataclasses.fields(schema)
+        if f.name not in ("logger", "callbacks")
+    ]
+    return dataclasses.make_dataclass("TrainerConfig", keep)
+
+
+def _trainer_defaults() -> dict[str, Any] | None:
+    """lightning.Trainer's arguments and their defaults, read from its source file without
+    importing Lightning; None where the source is not laid out as in Lightning 2."""
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or spec.origin is None:
+        return None
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
+    try:
+        tree = ast.parse(source.read_text())
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+        init = next(n for n in cls.body if getattr(n, "name", None) == "__init__")
+        args = init.args
+        return {
+            a.arg: ast.literal_eval(d)
+            for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+        }
+    except (OSError, SyntaxError, StopIteration, ValueError, TypeError):
+        return None
+
+
+def _composable_trainer_schema() -> type:
+    """Every Trainer argument with its default and any type: enough for Hydra to accept
+    ``trainer.limit_train_batches=10`` while composing. :func:`validate` checks the types."""
+    defaults = _trainer_defaults()
+    if defaults is None:
+        return trainer_schema()
+    keep = [
+        (name, Any, field(default=default))
+        for name, default in defaults.items()
+        if name not in ("logger", "callbacks")
+    ]
+    return dataclasses.make_dataclass("TrainerArguments", keep)
+
+
+@functools.cache
+def train_schema() -> type:
+    trainer = _composable_trainer_schema()
+    return dataclasses.make_dataclass(
+        "TrainConfig",
+        [
+            ("seed", int, field(default=42)),
+            ("name", str, field(default="default")),
+            ("resume", Optional[str], field(default=None)),
+            ("ckpt_path", Optional[str], field(default=None)),
+            ("skip_completed", bool, field(default=True)),
+            ("test", bool, field(default=True)),
+            ("model", Any, field(default=MISSING)),
+            ("data", Any, field(default=MISSING)),
+            ("augmentation", Any, field(default=None)),
+            ("logger", dict[str, Any], field(default_factory=dict)),
+            ("callbacks", dict[str, Any], field(default_factory=dict)),
+            ("transfer", TransferConfig, field(default_factory=TransferConfig)),
+            ("optimizer", OptimizerConfig, field(default_factory=OptimizerConfig)),
+            ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
+            ("module", ModuleConfig, field(default_factory=ModuleConfig)),
+            ("eval", EvalConfig, field(default_factory=EvalConfig)),
+            ("paths", PathsConfig, field(default_factory=PathsConfig)),
+            ("trainer", trainer, field(default_factory=trainer)),
+            ("ablation", Optional[AblationConfig], field(default=None)),
+        ],
+    )
+
+
+_unique_dirs: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """``path``, or ``path_1``, ``path_2``... if a run already lives there: never reuse a run dir.
+
+    Memoised, because Hydra resolves its run dir more than once in a process.
+    """
+    if path not in _unique_dirs:
+        candidate, n = Path(path), 0
+        while candidate.exists():
+            n += 1
+            candidate = Path(f"{path}_{n}")
+        _unique_dirs[path] = str(candidate)
+    return _unique_dirs[path]
+
+
+def sweep_name(*, _root_: DictConfig) -> str:
+    """The run name for a sweep's directory; ``sweep`` when the name is an interpolation, such
+    as the default one built from the model and data that each job of the sweep chooses."""
+    return "sweep" if OmegaConf.is_interpolation(_root_, "name") else str(_root_.name)
+
+
+def count_class_dirs(root: str) -> int:
+    """The number of class folders in an image-folder tree (its ``train/`` part if it has one)."""
+    base = Path(root).expanduser()
+    if (base / "train").is_dir():
+        base = base / "train"
+    if not base.is_dir():
+        raise CnnlabError(
+            f"data.root={root!r} is not a folder. data=image_folder expects a tree "
+            "root/<class>/<image> (or root/train/<class>/<image> with optional val/ and test/)."
+        )
+    return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_count(classes: Sequence[int] | None, all_classes: int) -> int:
+    """The number of classes a model predicts: those of ``data.classes`` if it keeps some."""
+    return all_classes if classes is None else len(classes)
+
+
+def register() -> None:
+    """Register resolvers and the schema; safe to call more than once."""
+    for name, fn in (
+        ("cnnlab.unique_dir", unique_dir),
+        ("cnnlab.class_dirs", count_class_dirs),
+        ("cnnlab.class_count", class_count),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    # Not cached: each job of a sweep resolves its own.
+    for name, fn in (
+        ("cnnlab.sweep_name", sweep_name),
+        ("cnnlab.sweep_group", sweep_group),
+        ("cnnlab.job_name", job_name),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+    ConfigStore.instance().store(name="train_schema", node=train_schema())
+
+
+def _import_target(path: str, where: str) -> Callable:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise CnnlabError(
+            f"{where}._target_={path!r} cannot be imported ({e}). Give the dotted path of a "
+            "class or function, e.g. cnnlab.models.resnet.ResNet."
+        ) from None
+
+
+def _check_target(node: DictConfig, where: str) -> None:
+    target = _import_target(node._target_, where)
+    schema = signature_schema(target)
+    if schema is None:
+        return
+    values = {k: v for k, v in node.items() if not str(k).startswith("_")}
+    accepted = ", ".join(f.name for f in dataclasses.fields(schema))
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        detail = str(e).splitlines()[0]
+        raise CnnlabError(
+            f"Bad config value {where}.{key}: {detail}. {node._target_} accepts: {accepted}."
+        ) from None
+
+
+def _walk_targets(node: Any, where: str) -> None:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            _check_target(node, where)
+        for k, v in node.items():
+            _walk_targets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, ListConfig):
+        for i, v in enumerate(node):
+            _walk_targets(v, f"{where}[{i}]")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Resolve every interpolation and check each ``_target_`` node against its signature."""
+    try:
+        container = OmegaConf.to_container(
+            cfg, resolve=True, throw_on_missing=True, enum_to_str=True
+        )
+    except OmegaConfBaseException as e:
+        raise CnnlabError(f"Incomplete config: {str(e).splitlines()[0]} ({e.full_key}).") from None
+    resolved = OmegaConf.create(container)
+    try:
+        # Hydra's "+key=value" may add keys to a schema node; merging into the schema catches them.
+        OmegaConf.merge(OmegaConf.structured(train_schema()), resolved)
+    except OmegaConfBaseException as e:
+        raise CnnlabError(f"Bad config value {e.full_key}: {str(e).splitlines()[0]}.") from None
+    try:
+        OmegaConf.merge(OmegaConf.structured(trainer_schema()), resolved.trainer)
+    except OmegaConfBaseException as e:
+        accepted = ", ".join(f.name for f in dataclasses.fields(trainer_schema()))
+        raise CnnlabError(
+            f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
+            f"lightning.Trainer accepts: {accepted}."
+        ) from None
+    if resolved.ckpt_path and not Path(resolved.ckpt_path).is_file():
+        raise CnnlabError(
+            f"ckpt_path={resolved.ckpt_path!r} is not a file. Give the path of a checkpoint, e.g. "
+            "outputs/<date>/<time>_<name>/checkpoints/last.ckpt."
+        )
+    for group in ("model", "data", "augmentation", "logger", "callbacks"):
+        _walk_targets(resolved.get(group), group)
+    return resolved

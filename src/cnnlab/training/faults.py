@@ -1,0 +1,181 @@
+"""Surviving faults: checkpoint files that a kill cannot corrupt, random state that a resumed run
+takes up exactly where the interrupted one stopped, and a stop at the first non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchmetrics import Metric
+
+from cnnlab.errors import CnnlabError
+from cnnlab.paths import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<file>.part`` in the checkpoint's own folder, flushes it to the disk and renames it
+    over the checkpoint: a kill or a power cut during a save leaves the previous file whole.
+    (Lightning's own writer may stage the file in /tmp, and a move across file systems is a copy
+    into the target path.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten every ``every_n_train_steps`` steps and at the end of every epoch,
+    so that a killed run loses at most that many steps. (ModelCheckpoint's own ``save_last``
+    writes only when another checkpoint is written, e.g. when the validation accuracy improved.)
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            every_n_train_steps=every_n_train_steps,
+            save_top_k=0,
+            save_last=True,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Skipped when a step-triggered save has just written this very state.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random generator training draws from, in types that a weights_only load accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ExactResume(L.Callback):
+    """Makes a resumed run continue exactly as if it had not stopped: stores in every checkpoint
+    the random generators' states (augmentation, dropout) and the partial sums of this epoch's
+    metrics (the train_loss mean, torchmetrics states such as train_acc's), and restores them when
+    training resumes. (The data order is the loader's part: cnnlab.data.base.ResumableLoader.)"""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, Any] | None = None
+        self._sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # The logs on disk then hold everything up to the checkpoint (the CSV logger buffers
+        # 100 steps), and a resumed run's logs continue them without a gap.
+        for logger in trainer.loggers:
+            logger.save()
+        logged = trainer.fit_loop.epoch_loop._results
+        checkpoint["exact_resume"] = {
+            "rng": rng_states(),
+            "sums": {k: dict(r.metric_state) for k, r in logged.items() if r.is_tensor},
+            "metrics": {
+                name: {**m.metric_state, "_update_count": m._update_count}
+                for name, m in pl_module.named_modules()
+                if isinstance(m, Metric) and m._update_count
+            },
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._saved = checkpoint.get("exact_resume")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning hands the loader its saved position only when it makes the training loader
+        # after restoring the checkpoint; configure_optimizers' estimated_stepping_batches makes
+        # it before. Loading here, before the first batch is drawn, works in either order.
+        trainer.fit_loop._load_combined_loader_states()
+        if self._saved is None:
+            return
+        # Restored here, as the first batch is about to be drawn: restoring the checkpoint comes
+        # before steps (building the optimizer, the sanity check) that may draw numbers too.
+        set_rng_states(self._saved["rng"])
+        modules = dict(pl_module.named_modules())
+        for name, state in self._saved["metrics"].items():
+            for key, value in state.items():
+                setattr(modules[name], key, value)
+        self._sums = self._saved["sums"]
+        self._saved = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning makes the logged values' accumulators at their first log call, so the sums
+        # from before the interruption are added after the first batch of the resumed run.
+        if not self._sums:
+            return
+        logged = trainer.fit_loop.epoch_loop._results
+        for key, saved in self._sums.items():
+            if key not in logged:
+                continue
+            result = logged[key]
+            if result.meta.is_max_reduction:
+                result.value = torch.maximum(result.value, saved["value"])
+            elif result.meta.is_min_reduction:
+                result.value = torch.minimum(result.value, saved["value"])
+            else:
+                for name, value in saved.items():
+                    setattr(result, name, getattr(result, name) + value.to(result.value.device))
+        self._sums = {}
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training with a clear message once the loss is NaN or infinite, and refuses to write a
+    checkpoint of non-finite weights, so that the checkpoints keep the last good state.
+
+    The check reads the loss on the host (a synchronisation) only every ``every_n_steps`` steps
+    and before each checkpoint; in between, a flag on the device collects the steps' verdicts.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = max(1, every_n_steps)
+        self._bad: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = bad if self._bad is None else self._bad | bad
+        if trainer.global_step % self.every_n_steps == 0:
+            self._check(trainer, pl_module, weights=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, weights=False)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._check(trainer, pl_module, weights=True)
+
+    def _check(self, trainer, pl_module, weights: bool) -> None:
+        loss_bad = self._bad is not None and bool(self._bad)
+        weights_bad = weights and not all(bool(p.isfinite().all()) for p in pl_module.parameters())
+        if not (loss_bad or weights_bad):
+            return
+        what = "training loss" if loss_bad else "model's weights"
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        raise CnnlabError(
+            f"The {what} became NaN or infinite (by step {trainer.global_step}, epoch "
+            f"{trainer.current_epoch}); training stopped, and the run's checkpoints keep the "
+            f"last state with finite values. Lower the learning rate (it was {lr:.3g}), use "
+            "gradient clipping (trainer.gradient_clip_val=1.0) or check the data."
+        )

@@ -1,0 +1,222 @@
+"""The LightningModule that trains any classifier of the model zoo."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+)
+
+from cnnlab.augment.pipeline import Preprocess, as_augmentation
+from cnnlab.augment.tta import TTA_MODES, tta_probs
+from cnnlab.config.schema import SchedulerName
+from cnnlab.errors import CnnlabError
+from cnnlab.optim.factory import build_optimizer, build_scheduler
+
+
+def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(main logits, auxiliary logits): a model with auxiliary classifiers (GoogLeNet, Inception v3)
+    returns a tuple in training mode, the main logits first."""
+    if isinstance(out, (tuple, list)):
+        return out[0], tuple(out[1:])
+    return out, ()
+
+
+def plain_state_dict(state_dict: dict) -> dict:
+    """``state_dict`` without the ``_orig_mod.`` that a model wrapped by ``torch.compile(model)``
+    puts into its keys (checkpoints from other code, or from older cnnlab versions)."""
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of ``model`` with optional label smoothing and auxiliary losses.
+
+    Batches arrive as uint8 images; ``on_after_batch_transfer`` converts, augments (training only)
+    and normalises them on the device. Metrics are torchmetrics objects updated on the device and
+    reduced once per epoch, so logging adds no host synchronisation to a training step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        channels: int,
+        image_size: int,
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
+        channels_last: bool = False,
+        compile: bool = False,
+        augmentation: nn.Module | None = None,
+        class_names: list[str] | None = None,
+        tta: str = "none",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = Preprocess(channels, image_size)
+        self.augmentation = as_augmentation(augmentation)
+        if tta not in TTA_MODES:
+            raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
+        self.tta = tta
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
+        self.channels_last = channels_last
+        self.num_classes = num_classes
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
+        # Top-5 accuracy is only informative with more than five classes to choose from.
+        self.top5 = num_classes > 5
+        if self.top5:
+            self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_report: dict = {}
+        # Set by the transfer strategy (cnnlab.transfer.strategies): its callbacks, and while
+        # fitting with transfer.cache_features, the cache that stands in for the frozen backbone.
+        self.transfer_callbacks: list[L.Callback] = []
+        self.feature_cache = None
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            # In place: the state dict keeps the plain model's keys (torch.compile(model) would
+            # prefix them with _orig_mod.), so checkpoints load with compile on or off.
+            self.model.compile()
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and stage == "fit":
+            self.preprocess.set_stats(datamodule.mean, datamodule.std)
+            self.class_names = list(datamodule.class_names) or self.class_names
+            self.augmentation.prepare(datamodule)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = self.preprocess.to_unit_float(x)
+        if self.training:
+            x, y = self.augmentation(x, y)
+        x = self.preprocess.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def run_model(self, x: torch.Tensor):
+        return self.model(x) if self.feature_cache is None else self.feature_cache(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return split_outputs(self.run_model(x))[0]
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits, aux = split_outputs(self.run_model(x))
+        # Mixup and CutMix give soft targets (N, K), which cross_entropy takes as probabilities.
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        for aux_logits in aux:
+            aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
+            loss = loss + self.aux_loss_weight * aux_loss
+        self.train_acc.update(logits.detach(), y.argmax(1) if y.ndim == 2 else y)
+        self.train_loss.update(loss.detach())
+        # self.log costs about a millisecond of Python per call, a lot next to a small model's
+        # step: log the step loss only on the steps the loggers write.
+        if self._trainer is not None and self._trainer._logger_connector.should_update_logs:
+            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_loss_epoch", self.train_loss)
+        self.log("train_acc", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        # sync_dist: under DDP the epoch mean over every process's batches (once per epoch).
+        loss = F.cross_entropy(logits, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
+        if self.top5:
+            self.val_acc_top5.update(logits, y)
+            self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        for metric in (self.test_acc, self.test_per_class, self.test_confusion):
+            metric.update(logits, y)
+        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log("test_acc", self.test_acc, on_epoch=True)
+        if self.tta != "none":
+            self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
+            self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)
+        if self.top5:
+            self.test_acc_top5.update(logits, y)
+            self.log("test_acc_top5", self.test_acc_top5, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute().tolist()
+        self.test_report = {
+            "per_class_acc": dict(zip(self.class_names, per_class, strict=True)),
+            "confusion_matrix": self.test_confusion.compute().tolist(),
+            "class_names": self.class_names,
+        }
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return self.transfer_callbacks
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optimizer_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
+        # A resumed scheduler takes the saved state of the checkpoint's scheduler: another kind
+        # of schedule, or a one-cycle schedule (which stores its total step count) of another
+        # length, would fail deep inside torch, after a long traceback.
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return  # testing or predicting from a checkpoint restores the weights alone
+        saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
+        saved = saved_cfg.get("scheduler", {}).get("name")
+        current = SchedulerName(self.scheduler_cfg.name).value
+        if saved is not None and SchedulerName(saved).value != current:
+            raise CnnlabError(
+                f"resume: the checkpoint was trained with scheduler={SchedulerName(saved).value}, "
+                f"this config has scheduler={current}. Resume with the checkpoint's scheduler."
+            )
+        total = int(self.trainer.estimated_stepping_batches)
+        for state in checkpoint.get("lr_schedulers", []):
+            steps = state.get("total_steps")
+            if steps is not None and steps != total:
+                raise CnnlabError(
+                    f"resume: the checkpoint's one-cycle schedule spans {steps} steps, this "
+                    f"config's {total} (trainer.max_epochs={self.trainer.max_epochs}). Resume "
+                    "with the config the checkpoint was trained with, or train with a schedule "
+                    "that follows the run's length (scheduler=cosine, step or none)."
+                )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cnnlab"] = {
+            "class_names": self.class_names,
+            "config": getattr(self, "run_config", None),
+        }

@@ -1,0 +1,207 @@
+"""One training run: compose the pieces a config names, fit, test and write the results."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.augment.pipeline import changes_images
+from cnnlab.config.job import job_info
+from cnnlab.config.schema import validate
+from cnnlab.errors import CnnlabError
+from cnnlab.paths import RESULTS_FILE, write_json
+from cnnlab.runs import planning as runs
+from cnnlab.runs.sweep import share_machine
+from cnnlab.tracking.loggers import finish_wandb
+from cnnlab.tracking.reporting import model_cost, print_summary
+from cnnlab.training.faults import AtomicCheckpointIO
+from cnnlab.training.module import ClassificationModule
+from cnnlab.transfer.strategies import prepare as prepare_transfer
+
+log = logging.getLogger(__name__)
+
+# Lightning's advice that does not apply here: in-memory data sets batch by indexing and need no
+# workers, and cnnlab preprocesses in the LightningModule's on_after_batch_transfer on purpose.
+for _message in ("does not have many workers", "overridden `on_after_batch_transfer`", "LeafSpec"):
+    warnings.filterwarnings("ignore", message=f".*{_message}.*")
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 elsewhere (CPUs without
+    native bf16, such as AVX2-only ones, run bf16 slower than fp32)."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    kwargs = OmegaConf.to_container(cfg.trainer)
+    kwargs["precision"] = resolve_precision(kwargs.get("precision"), str(kwargs["accelerator"]))
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
+    kwargs.setdefault("default_root_dir", str(run_dir))
+    kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
+    try:
+        return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks)
+    except (ValueError, ImportError, MisconfigurationException) as e:
+        chosen = ", ".join(
+            f"trainer.{k}={kwargs.get(k)}"
+            for k in ("accelerator", "devices", "strategy", "precision")
+        )
+        raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
+
+
+def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+    """``trainer``, or for a multi-process one a trainer on one device in this process, without
+    loggers: under DDP a DistributedSampler pads the test set with repeated images, the results
+    (per-class accuracy) of spawned workers would not come back, and the CSV logger of a new
+    worker would start metrics.csv afresh."""
+    if trainer.world_size == 1:
+        return trainer
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=trainer.precision,
+        limit_test_batches=cfg.trainer.limit_test_batches,
+        logger=False,
+        enable_progress_bar=False,
+    )
+
+
+def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> ClassificationModule:
+    """The LightningModule of ``cfg``; ``load_weights=False`` leaves the transfer strategy's
+    weights out (a checkpoint will fill the model)."""
+    model = instantiate(cfg.model)
+    augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
+    callbacks = prepare_transfer(
+        model,
+        cfg.transfer,
+        datamodule.num_classes,
+        datamodule.channels,
+        datamodule.image_size,
+        augmented=changes_images(augmentation),
+        load=load_weights,
+    )
+    module = ClassificationModule(
+        model=model,
+        num_classes=datamodule.num_classes,
+        channels=datamodule.channels,
+        image_size=datamodule.image_size,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        augmentation=augmentation,
+        class_names=datamodule.class_names,
+        tta=cfg.eval.tta,
+        **cfg.module,
+    )
+    module.run_config = OmegaConf.to_container(cfg)
+    module.transfer_callbacks = callbacks
+    return module
+
+
+def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
+    """(best validation accuracy, path of its checkpoint) from the checkpoint callback; without
+    one (fast_dev_run, callbacks off), the last val_acc and no checkpoint."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score), ckpt.best_model_path or None
+    if ckpt is not None and ckpt.best_model_path:
+        # Spawned DDP workers pass back the best checkpoint's path alone; its score is inside.
+        saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True, mmap=True)
+        return float(saved["callbacks"][ckpt.state_key]["best_model_score"]), ckpt.best_model_path
+    value = trainer.callback_metrics.get("val_acc")
+    return (None if value is None else float(value)), None
+
+
+def _user_error(e: Exception) -> str | None:
+    """The message of an error in the user's input (also when hydra.utils.instantiate wrapped
+    it); None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, (CnnlabError, MisconfigurationException)):
+        return str(e)
+    return None
+
+
+def lightning_logs_once() -> None:
+    """The ``lightning`` package gives its logger a console handler of its own and also lets its
+    messages reach the root logger, where Hydra has put a console and a train.log handler: every
+    Lightning message would print twice. Once the root logger has handlers, Lightning's goes."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test as ``cfg`` says; return the results also written to results.json.
+
+    results.json exists from the start with ``status: running`` and ends as ``completed``,
+    ``failed`` (with the error) or ``interrupted``, whatever happens in between.
+    """
+    start = time.perf_counter()
+    lightning_logs_once()
+    job = runs.start(cfg)
+    if job.same_as is not None:
+        return runs.skip(job)
+    cfg, run_dir, results = job.config, job.run_dir, job.results
+    results.update(job_info())
+    trainer = None
+    try:
+        cfg = validate(cfg)
+        results.update(share_machine(cfg))
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        module = build_module(cfg, datamodule)
+        results.update(model_cost(module))
+        trainer = build_trainer(cfg, run_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
+        results["epochs"] = runs.epochs_done(trainer, run_dir)
+        results["best_val_acc"], best = _best(trainer)
+        # The last epoch's training figures: with the test ones they show over-fitting.
+        for key, name in (
+            ("train_loss_epoch", "final_train_loss"),
+            ("train_acc", "final_train_acc"),
+        ):
+            if key in trainer.callback_metrics:
+                results[name] = float(trainer.callback_metrics[key])
+        if cfg.test:
+            results["tested_checkpoint"] = best
+            tester = single_device(trainer, cfg)
+            metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+            results.update({k: float(v) for k, v in metrics.items()})
+            results.update(module.test_report)
+        results["status"] = "completed"
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
+        results["status"] = "interrupted"
+        raise
+    except Exception as e:
+        user_error = _user_error(e)
+        results.update(status="failed", error=user_error or f"{type(e).__name__}: {e}")
+        if user_error:
+            raise CnnlabError(user_error) from None
+        raise
+    finally:
+        results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
+        if not job.follower and (trainer is None or trainer.global_rank == 0):
+            write_json(run_dir / RESULTS_FILE, results)
+            runs.finish(job, results)
+        if trainer is not None and trainer.global_rank == 0:
+            # A run that never got to train ends with its error message alone.
+            print_summary(results)
+        finish_wandb(0 if results["status"] == "completed" else 1)
+    return results
