@@ -68,12 +68,17 @@ def _error_text(compose_cfg, overrides: list[str]) -> str:
     [
         # Misspelt key of a schema group: Hydra names it and says how to add keys.
         (["optimizer.lrr=0.1"], ["optimizer.lrr", "+optimizer.lrr"]),
-        # Added key that the schema does not have.
-        (["+optimizer.lrr=0.1"], ["optimizer.lrr", "OptimizerConfig"]),
+        # Added key that the optimizer class does not take: its accepted arguments are listed.
+        (["+optimizer.lrr=0.1"], ["optimizer.lrr", "torch.optim.SGD", "momentum, dampening"]),
+        (["scheduler=exponential", "+scheduler.gama=0.9"], ["scheduler.gama", "gamma"]),
+        (["scheduler.interval=batch"], ["scheduler.interval", "batch", "step", "epoch"]),
+        # A value the class itself refuses, in its own words.
+        (["scheduler=plateau", "scheduler.mode=low"], ["ReduceLROnPlateau", "mode=low", "unknown"]),
+        (["scheduler.length_arg=T_maxx"], ["T_maxx", "T_max"]),
         # Wrong type for a Trainer argument (schema derived from Lightning's signature).
         (["trainer.max_epochs=three"], ["trainer.max_epochs", "three"]),
         # An enum-valued key lists what it accepts.
-        (["optimizer.name=adam"], ["adam", "sgd", "adamw"]),
+        (["transfer.strategy=tune"], ["tune", "finetune", "scratch"]),
         # Unknown option of a group lists the valid options.
         (["model=resnet_huge"], ["resnet_huge", "resnet_small", "resnet20"]),
         # Arguments of _target_ classes are checked against their signatures.

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision import models as tvm
 
-from cnnlab.config.schema import OptimizerConfig, SchedulerConfig
 from cnnlab.models.googlenet import GOOGLENET_TABLE, GoogLeNet, Inception
 from cnnlab.models.inception_v3 import InceptionV3
 from cnnlab.models.se import SqueezeExcitation
@@ -317,8 +316,8 @@ def classification_module(model: nn.Module, weight: float, channels: int, size: 
         num_classes=10,
         channels=channels,
         image_size=size,
-        optimizer=OmegaConf.structured(OptimizerConfig),
-        scheduler=OmegaConf.structured(SchedulerConfig),
+        optimizer=OmegaConf.load(CONF / "optimizer" / "sgd.yaml"),
+        scheduler=OmegaConf.load(CONF / "scheduler" / "none.yaml"),
         aux_loss_weight=weight,
     )
 

@@ -133,7 +133,9 @@ def test_resume_continues_from_a_checkpoint_in_a_new_run_dir(tmp_path):
 
     other_kind = run_cli([*longer, "scheduler=onecycle"], cwd=tmp_path)
     assert other_kind.returncode == 2, other_kind.stdout + other_kind.stderr
-    assert "trained with scheduler=cosine" in other_kind.stderr
+    assert "trained with scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR" in (
+        other_kind.stderr
+    )
 
     missing = run_cli(["debug=fdr", f"ckpt_path={tmp_path / 'nope.ckpt'}"], cwd=tmp_path)
     assert missing.returncode == 2 and "nope.ckpt" in missing.stderr

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision import models as tv_models
 
-from cnnlab.config.schema import SchedulerConfig, validate
+from cnnlab.config.schema import validate
 from cnnlab.data.mnist_like import FashionMNIST
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import load
@@ -154,10 +154,12 @@ def test_two_stage_unfreezes_the_top_blocks_at_the_chosen_epoch(compose_cfg, pre
     assert len(trainer.optimizers[0].param_groups) > 2
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "multistep", "exponential"])
 def test_stage_two_groups_follow_the_rest_of_the_schedule(schedule):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    cfg = OmegaConf.merge(OmegaConf.structured(SchedulerConfig), {"name": schedule})
+    cfg = OmegaConf.load(CONF / "scheduler" / f"{schedule}.yaml")
+    if schedule == "multistep":
+        cfg.milestones = [1, 3]
     optimizer = torch.optim.SGD(model[1].parameters(), lr=0.1, momentum=0.9)
     scheduler = build_scheduler(optimizer, cfg, total_steps=40, steps_per_epoch=10)
     for step in range(40):

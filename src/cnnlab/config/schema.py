@@ -1,12 +1,14 @@
 """Config schemas, resolvers and validation.
 
-Groups with a fixed shape (optimizer, scheduler, module, transfer, paths) are dataclasses
-registered in Hydra's ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a badly
-typed value while it composes. Groups that name a class with ``_target_`` (model, data,
-augmentation, logger, callbacks) take whatever that class takes, and so does ``trainer`` (the
+Groups with a fixed shape (module, transfer, eval, paths) are dataclasses registered in Hydra's
+ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a badly typed value while it
+composes. Groups that name a class with ``_target_`` (model, data, augmentation, optimizer,
+scheduler, logger, callbacks) take whatever that class takes, and so does ``trainer`` (the
 arguments of ``lightning.Trainer``): their schema is derived from the signature and checked by
-:func:`validate` before anything runs. Deriving it needs the class imported, and importing
-Lightning takes seconds, which ``cnnlab-train --help`` and ``--cfg job`` should not pay.
+:func:`validate` before anything runs. The optimizer and scheduler groups also carry cnnlab's own
+options around their class (:class:`OptimizerOptions`, :class:`SchedulerOptions`). Deriving a
+schema needs the class imported, and importing Lightning takes seconds, which ``cnnlab-train
+--help`` and ``--cfg job`` should not pay.
 """
 
 from __future__ import annotations
@@ -33,18 +35,6 @@ from cnnlab.config.job import job_name, sweep_group
 from cnnlab.errors import CnnlabError
 
 
-class OptimizerName(enum.Enum):
-    sgd = "sgd"
-    adamw = "adamw"
-
-
-class SchedulerName(enum.Enum):
-    none = "none"
-    cosine = "cosine"
-    step = "step"
-    onecycle = "onecycle"
-
-
 class TransferStrategy(enum.Enum):
     scratch = "scratch"
     finetune = "finetune"
@@ -53,28 +43,56 @@ class TransferStrategy(enum.Enum):
     two_stage = "two_stage"
 
 
+class Interval(enum.Enum):
+    step = "step"
+    epoch = "epoch"
+
+
+class WarmupMode(enum.Enum):
+    linear = "linear"
+    constant = "constant"
+
+
 @dataclass
-class OptimizerConfig:
-    name: OptimizerName = OptimizerName.sgd
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+class OptimizerOptions:
+    """What cnnlab adds around the ``optimizer`` group's ``_target_`` class; the group's other
+    keys are that class's arguments (``lr`` and ``weight_decay`` become each parameter group's)."""
+
     # Decaying BatchNorm scales and biases only shrinks them; timm and torchvision skip them.
     decay_norm_and_bias: bool = False
 
 
 @dataclass
-class SchedulerConfig:
-    name: SchedulerName = SchedulerName.cosine
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.0
-    step_epochs: int = 30
-    gamma: float = 0.1
-    pct_start: float = 0.25
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
+class SchedulerOptions:
+    """What cnnlab adds around the ``scheduler`` group's ``_target_`` class (any scheduler of
+    torch.optim.lr_scheduler or timm.scheduler; null: a constant learning rate); the group's
+    other keys are that class's arguments."""
+
+    # How often the class's step() runs: after every optimizer step, or every epoch.
+    interval: Interval = Interval.step
+    # The unit of warmup and of the arguments named in time_args (which are converted to
+    # `interval` units: 2.4 epochs at 100 steps per epoch is a step_size of 240 steps).
+    unit: Interval = Interval.epoch
+    time_args: list[str] = field(default_factory=list)
+    # The argument that takes the run's length in `interval` units (T_max, total_steps...).
+    length_arg: Optional[str] = None
+    # `warmup` units of warm-up on the schedule's own clock (timm's and TensorFlow's: milestones
+    # still count from the first step): linear from warmup_factor x the learning rate to 1x, or
+    # constant at warmup_factor x.
+    warmup: float = 0.0
+    warmup_factor: float = 0.0
+    warmup_mode: WarmupMode = WarmupMode.linear
+    # The logged metric that ReduceLROnPlateau's step() is given (e.g. val_loss, val_acc).
+    monitor: Optional[str] = None
+
+
+def split_options(node: DictConfig, options: type) -> tuple[DictConfig, dict[str, Any]]:
+    """(cnnlab's options of the group, typed by the dataclass ``options``; the keyword arguments
+    of the group's ``_target_`` class) of an ``optimizer`` or ``scheduler`` node."""
+    names = {f.name for f in dataclasses.fields(options)}
+    own = {k: v for k, v in node.items() if k in names}
+    rest = {k: v for k, v in node.items() if k not in names and not str(k).startswith("_")}
+    return OmegaConf.merge(OmegaConf.structured(options), own), rest
 
 
 @dataclass
@@ -277,8 +295,8 @@ def train_schema() -> type:
             ("logger", dict[str, Any], field(default_factory=dict)),
             ("callbacks", dict[str, Any], field(default_factory=dict)),
             ("transfer", TransferConfig, field(default_factory=TransferConfig)),
-            ("optimizer", OptimizerConfig, field(default_factory=OptimizerConfig)),
-            ("scheduler", SchedulerConfig, field(default_factory=SchedulerConfig)),
+            ("optimizer", dict[str, Any], field(default_factory=dict)),
+            ("scheduler", dict[str, Any], field(default_factory=dict)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
             ("eval", EvalConfig, field(default_factory=EvalConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
@@ -360,13 +378,15 @@ def _import_target(path: str, where: str) -> Callable:
         ) from None
 
 
-def _check_target(node: DictConfig, where: str) -> None:
+def _check_target(node: DictConfig, where: str, also: Sequence[str] = ()) -> None:
+    """Refuse an argument that ``node._target_`` does not take, or of the wrong type. ``also``:
+    cnnlab's own keys of the group, named in the message as accepted too."""
     target = _import_target(node._target_, where)
     schema = signature_schema(target)
     if schema is None:
         return
     values = {k: v for k, v in node.items() if not str(k).startswith("_")}
-    accepted = ", ".join(f.name for f in dataclasses.fields(schema))
+    accepted = ", ".join([f.name for f in dataclasses.fields(schema)] + list(also))
     try:
         OmegaConf.merge(OmegaConf.structured(schema), values)
     except OmegaConfBaseException as e:
@@ -375,6 +395,47 @@ def _check_target(node: DictConfig, where: str) -> None:
         raise CnnlabError(
             f"Bad config value {where}.{key}: {detail}. {node._target_} accepts: {accepted}."
         ) from None
+
+
+def _check_optim_group(node: DictConfig, where: str, options: type) -> None:
+    """An ``optimizer`` or ``scheduler`` group: cnnlab's options typed, the rest checked against
+    the ``_target_`` class's signature. Arguments in ``time_args`` are converted before the class
+    sees them (2.4 epochs become 240 steps), so they need only be numbers here."""
+    names = [f.name for f in dataclasses.fields(options)]
+    try:
+        own, args = split_options(node, options)
+    except OmegaConfBaseException as e:
+        raise CnnlabError(
+            f"Bad config value {where}.{e.full_key}: {str(e).splitlines()[0]}. cnnlab's own "
+            f"options of {where}: {', '.join(names)}."
+        ) from None
+    if node.get("_target_") is None:
+        if where == "optimizer" or args:
+            raise CnnlabError(
+                f"{where} has no _target_ class to give {', '.join(args) or 'the parameters'} "
+                f"to. Name one, e.g. {where}._target_=torch.optim.SGD (conf/{where}/*.yaml)."
+            )
+        return
+    timed = list(own.get("time_args", []))
+    for key in timed:
+        values = args.pop(key, None)
+        values = values if isinstance(values, ListConfig) else [values]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise CnnlabError(
+                f"{where}.{key}={node.get(key)} is in {where}.time_args, so it must be a number "
+                f"(or a list of numbers) of {where}.unit={own.unit.value}s."
+            )
+    if own.get("length_arg"):
+        timed.append(own.length_arg)
+    _check_target(OmegaConf.create({"_target_": node._target_, **args}), where, names)
+    schema = signature_schema(_import_target(node._target_, where))
+    accepted = {f.name for f in dataclasses.fields(schema)} if schema else set(timed)
+    for key in timed:
+        if key not in accepted:
+            raise CnnlabError(
+                f"{where}.time_args or length_arg names {key!r}, which {node._target_} does not "
+                f"take. It accepts: {', '.join(sorted(accepted))}."
+            )
 
 
 def _walk_targets(node: Any, where: str) -> None:
@@ -417,4 +478,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         )
     for group in ("model", "data", "augmentation", "logger", "callbacks"):
         _walk_targets(resolved.get(group), group)
+    _check_optim_group(resolved.optimizer, "optimizer", OptimizerOptions)
+    _check_optim_group(resolved.scheduler, "scheduler", SchedulerOptions)
     return resolved

@@ -1,15 +1,26 @@
-"""Optimizers and learning-rate schedules built from the ``optimizer`` and ``scheduler`` groups."""
+"""Optimizers and learning-rate schedules built from the ``optimizer`` and ``scheduler`` groups.
+
+Each group names a class by ``_target_`` with ``_partial_: true`` (lightning-hydra-template's
+convention), any of torch.optim, timm.optim, torch.optim.lr_scheduler, timm.scheduler or the
+user's own; cnnlab adds what the class does not know about (config/schema.py's
+OptimizerOptions and SchedulerOptions): parameter groups, warm-up, the unit of time.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from cnnlab.config.schema import OptimizerName, SchedulerName
+from cnnlab.config.schema import OptimizerOptions, SchedulerOptions, split_options
+from cnnlab.errors import CnnlabError
+from cnnlab.optim.schedule import Schedule
 
 
 def parameter_groups(
@@ -36,74 +47,131 @@ def parameter_groups(
     ]
 
 
+def _arguments(cfg: DictConfig, options: type) -> tuple[DictConfig, type, dict[str, Any]]:
+    """(cnnlab's options, the ``_target_`` class, its keyword arguments) of a group."""
+    own, args = split_options(cfg, options)
+    args = OmegaConf.to_container(OmegaConf.create(args), resolve=True)
+    return own, get_object(cfg._target_), args
+
+
+def _default(cls: type, name: str) -> Any:
+    param = inspect.signature(cls).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def group_settings(cfg: DictConfig) -> tuple[float, float, bool]:
+    """(learning rate, weight decay, decay_norm_and_bias) of an ``optimizer`` group: the
+    settings of each parameter group that cnnlab makes (the class's defaults where unset)."""
+    own, cls, args = _arguments(cfg, OptimizerOptions)
+    lr = args.get("lr", _default(cls, "lr"))
+    weight_decay = args.get("weight_decay", _default(cls, "weight_decay") or 0.0)
+    return lr, weight_decay, own.decay_norm_and_bias
+
+
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    _, cls, args = _arguments(cfg, OptimizerOptions)
+    lr, weight_decay, decay_norm_and_bias = group_settings(cfg)
     # Transfer strategies leave per-parameter learning-rate scales on the model
     # (cnnlab.transfer.strategies).
     groups = parameter_groups(
         model.named_parameters(),
-        cfg.weight_decay,
-        cfg.decay_norm_and_bias,
-        cfg.lr,
+        weight_decay,
+        decay_norm_and_bias,
+        lr,
         getattr(model, "lr_scales", None),
     )
-    if OptimizerName(cfg.name) is OptimizerName.sgd:
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return _construct(cls, "optimizer", groups, args)
+
+
+def _construct(cls: type, group: str, first: Any, args: dict[str, Any]) -> Any:
+    """``cls(first, **args)``; the class's own refusal of a value is the user's error."""
+    try:
+        return cls(first, **args)
+    except (ValueError, TypeError) as e:
+        given = ", ".join(f"{k}={v}" for k, v in args.items() if k != "max_lr")
+        raise CnnlabError(
+            f"{group}._target_={cls.__module__}.{cls.__qualname__} refused its arguments "
+            f"({given}): {e}"
+        ) from None
+
+
+def _in_interval_units(value: Any, scale: float) -> Any:
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [_in_interval_units(v, scale) for v in value]
+    return max(1, round(value * scale)) if value else 0
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step schedule. ``warmup_epochs`` of linear warm-up precede cosine and step decay."""
-    name = SchedulerName(cfg.name)  # accepts the enum member and its string value alike
-    if name is SchedulerName.none:
+    optimizer: torch.optim.Optimizer,
+    cfg: DictConfig,
+    total_steps: float,
+    steps_per_epoch: int | None,
+) -> Schedule | None:
+    """The ``scheduler`` group's schedule for a run of ``total_steps`` optimizer steps of
+    ``steps_per_epoch`` each (None: unknown, e.g. with trainer.max_epochs=-1); None when it
+    leaves the learning rate alone."""
+    own = split_options(cfg, SchedulerOptions)[0]
+    if cfg.get("_target_") is None and not own.warmup:
         return None
-    if name is SchedulerName.onecycle:
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total_steps,
-            pct_start=cfg.pct_start,
-            div_factor=cfg.div_factor,
-            final_div_factor=cfg.final_div_factor,
-        )
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    step_every = max(1, cfg.step_epochs * steps_per_epoch)
+    interval, unit = own.interval.value, own.unit.value
+    scale = 1.0
+    if interval != unit and (own.time_args or own.warmup):
+        if not steps_per_epoch:
+            raise CnnlabError(
+                f"scheduler.unit={unit} with scheduler.interval={interval} needs the length of "
+                "an epoch, which this run does not know (trainer.max_epochs=-1 with an iterable "
+                f"data set?). Give the schedule in {interval}s (scheduler.unit={interval})."
+            )
+        scale = steps_per_epoch if unit == "epoch" else 1 / steps_per_epoch
+    main, length = None, None
+    if cfg.get("_target_") is not None:
+        _, cls, args = _arguments(cfg, SchedulerOptions)
+        for key in own.time_args:
+            args[key] = _in_interval_units(args[key], scale)
+        if own.length_arg:
+            run = total_steps if interval == "step" else total_steps / (steps_per_epoch or 0)
+            if not math.isfinite(run):
+                raise CnnlabError(
+                    f"scheduler.length_arg={own.length_arg} takes the run's length, and this run "
+                    "has none: set trainer.max_epochs or trainer.max_steps."
+                )
+            length = (own.length_arg, max(1, math.ceil(run)))
+            args[own.length_arg] = length[1]
+        params = inspect.signature(cls).parameters
+        if "max_lr" in params and "max_lr" not in args:  # one-cycle: the optimizer's lr peaks
+            args["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+        if "t_in_epochs" in params and "t_in_epochs" not in args:  # timm's
+            args["t_in_epochs"] = interval == "epoch"
+        main = _construct(cls, "scheduler", optimizer, args)
+    return Schedule(
+        optimizer,
+        main,
+        interval=interval,
+        warmup=_in_interval_units(own.warmup, scale),
+        warmup_factor=own.warmup_factor,
+        warmup_mode=own.warmup_mode.value,
+        length=length,
+    )
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if name is SchedulerName.step:
-            return cfg.gamma ** (step // step_every)
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def lightning_scheduler(schedule: Schedule, cfg: DictConfig) -> dict[str, Any]:
+    """Lightning's lr_scheduler configuration for ``schedule``: when to step it and, for
+    ReduceLROnPlateau, which logged metric to give it."""
+    own = split_options(cfg, SchedulerOptions)[0]
+    return {
+        "scheduler": schedule,
+        "interval": own.interval.value,
+        "monitor": own.monitor,
+        "reduce_on_plateau": own.monitor is not None,
+    }
 
 
 def add_param_groups(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    groups: list[dict],
+    optimizer: torch.optim.Optimizer, schedule: Schedule | None, groups: list[dict]
 ) -> None:
-    """Add ``groups`` to a running optimizer and its per-step schedule. Each new group's ``lr`` is
-    its peak: from now on it follows the rest of the schedule as the first group does, scaled by
-    the ratio of the two peaks."""
-    first = optimizer.param_groups[0]
-    peak = first.get("max_lr", first.get("initial_lr", first["lr"]))
+    """Add ``groups`` to a running optimizer and its schedule (Schedule.add_param_groups)."""
+    if schedule is not None:
+        schedule.add_param_groups(groups)
+        return
     for group in groups:
-        lr = group["lr"]
         optimizer.add_param_group(group)
-        new = optimizer.param_groups[-1]
-        new["lr"] = first["lr"] * lr / peak
-        if scheduler is None:
-            continue
-        new["initial_lr"] = first["initial_lr"] * lr / peak
-        if "max_lr" in first:  # one-cycle: every group carries its own anchors, and momentum
-            new["max_lr"], new["min_lr"] = lr, first["min_lr"] * lr / peak
-            for key in ("momentum", "betas", "base_momentum", "max_momentum"):
-                if key in first:
-                    new[key] = first[key]
-        else:  # LambdaLR: one base learning rate and one factor function per group
-            scheduler.base_lrs.append(new["initial_lr"])
-            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

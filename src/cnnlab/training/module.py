@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,8 @@ from torchmetrics.classification import (
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
 from cnnlab.augment.tta import TTA_MODES, tta_probs
-from cnnlab.config.schema import SchedulerName
 from cnnlab.errors import CnnlabError
-from cnnlab.optim.factory import build_optimizer, build_scheduler
+from cnnlab.optim.factory import build_optimizer, build_scheduler, lightning_scheduler
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -179,15 +180,22 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optimizer_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
-        if scheduler is None:
+        total = self.trainer.estimated_stepping_batches
+        batches = self.trainer.num_training_batches
+        per_epoch = None
+        if math.isfinite(batches):
+            per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        schedule = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
+        if schedule is None:
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": lightning_scheduler(schedule, self.scheduler_cfg),
         }
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # cnnlab.optim.schedule.Schedule wraps torch's and timm's schedulers alike.
+        scheduler.step(metric)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = plain_state_dict(checkpoint["state_dict"])
@@ -197,16 +205,18 @@ class ClassificationModule(L.LightningModule):
         if self.trainer.state.fn != TrainerFn.FITTING:
             return  # testing or predicting from a checkpoint restores the weights alone
         saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
-        saved = saved_cfg.get("scheduler", {}).get("name")
-        current = SchedulerName(self.scheduler_cfg.name).value
-        if saved is not None and SchedulerName(saved).value != current:
+        saved = saved_cfg.get("scheduler", {})
+        # Checkpoints of cnnlab before schedulers by _target_ name theirs by `name`.
+        saved = saved.get("_target_", saved.get("name"))
+        current = self.scheduler_cfg.get("_target_")
+        if saved_cfg and saved != current:
             raise CnnlabError(
-                f"resume: the checkpoint was trained with scheduler={SchedulerName(saved).value}, "
-                f"this config has scheduler={current}. Resume with the checkpoint's scheduler."
+                f"resume: the checkpoint was trained with scheduler._target_={saved}, this "
+                f"config has scheduler._target_={current}. Resume with the checkpoint's scheduler."
             )
         total = int(self.trainer.estimated_stepping_batches)
         for state in checkpoint.get("lr_schedulers", []):
-            steps = state.get("total_steps")
+            steps = (state.get("main") or {}).get("total_steps")
             if steps is not None and steps != total:
                 raise CnnlabError(
                     f"resume: the checkpoint's one-cycle schedule spans {steps} steps, this "
