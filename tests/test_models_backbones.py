@@ -309,3 +309,21 @@ def test_backbone_errors_are_clean_cli_errors():
     from cnnlab.errors import CnnlabError
 
     assert issubclass(BackboneError, CnnlabError) and issubclass(BackboneError, ValueError)
+
+
+def test_timm_models_take_dropout_and_drop_path_rates():
+    model = instantiate(
+        {
+            "_target_": "cnnlab.models.backbones.timm_model",
+            "name": "efficientnet_b0",
+            "num_classes": 10,
+            "in_chans": 1,
+            "drop_rate": 0.2,
+            "drop_path_rate": 0.2,
+        }
+    )
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert len(rates) == 15 and max(rates) == pytest.approx(0.2 * 15 / 16)
+    assert model.drop_rate == 0.2
+    # SiLU throughout, as the paper's EfficientNet (Swish-1).
+    assert any(isinstance(m, nn.SiLU) for m in model.modules())

@@ -352,3 +352,28 @@ def test_fc_head_trains_a_step():
 def test_an_unknown_head_is_refused_with_the_accepted_ones():
     with pytest.raises(ValueError, match=r"head='mlp': choose one of gap, fc"):
         ResNet(head="mlp")
+
+
+def test_drop_path_drops_whole_residual_branches_linearly_deeper():
+    """Stochastic depth: rates 0 .. drop_path_rate over the blocks; in training a dropped sample
+    gets its shortcut alone (its residual branch is zero), the others 1 / (1 - rate) of it; in
+    evaluation the network is deterministic."""
+    torch.manual_seed(0)
+    model = ResNet(10, 1, blocks=[2, 2, 2], shortcut="B", drop_path_rate=0.5)
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3) for b in stage]
+    rates = [getattr(b.drop_path, "rate", 0.0) for b in blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    last = blocks[-1].train()
+    x = torch.randn(64, last.conv1.in_channels, 4, 4)
+    with torch.no_grad():
+        branch, shortcut = last.se(last.residual(x)), last.downsample(x)
+        torch.manual_seed(1)
+        out = last(x)
+    dropped = torch.isclose(out, F.relu(shortcut), atol=1e-6).flatten(1).all(1)
+    kept = torch.isclose(out, F.relu(shortcut + 2 * branch), atol=1e-5).flatten(1).all(1)
+    assert (dropped | kept).all() and 16 < dropped.sum() < 48
+    model.eval()
+    image = torch.randn(2, 1, 28, 28)
+    assert torch.equal(model(image), model(image))
+    with pytest.raises(ValueError, match="plain"):
+        ResNet(10, 1, plain=True, drop_path_rate=0.1)

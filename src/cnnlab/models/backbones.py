@@ -78,10 +78,14 @@ def timm_model(
     small_input: bool = False,
     input_size: int | None = None,
     weights_file: str | None = None,
+    drop_rate: float | None = None,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """timm's ``name`` (an optional ``.tag`` picks pretrained weights) with ``num_classes``
     outputs; timm itself adapts the first convolution to ``in_chans`` and drops a classifier of
-    another class count. ``weights_file``: the pretrained weights from this local file."""
+    another class count. ``weights_file``: the pretrained weights from this local file.
+    ``drop_rate``: dropout before the classifier (None: the model's default); ``drop_path_rate``:
+    stochastic depth (Huang et al. 2016), the rate reached by the last block."""
     if not timm.is_model(name):
         raise unknown_model(name, "timm", timm.list_models())
     overlay = None
@@ -99,6 +103,9 @@ def timm_model(
             pretrained_cfg_overlay=overlay,
             num_classes=num_classes,
             in_chans=in_chans,
+            # Only when set: not every timm model takes them (its VGG has no drop path).
+            **({"drop_path_rate": drop_path_rate} if drop_path_rate else {}),
+            **({} if drop_rate is None else {"drop_rate": drop_rate}),
         )
     except (OSError, RuntimeError) as e:  # the hub unreachable, or a file of other weights
         raise BackboneError(

@@ -16,6 +16,11 @@ He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition" (CVPR 201
 Hu, Shen and Sun, "Squeeze-and-Excitation Networks" (CVPR 2018), figure 3: the SE-ResNet block
 rescales the channels of the residual branch before the addition.
 
+Huang, Sun, Liu, Sedra and Weinberger, "Deep Networks with Stochastic Depth" (ECCV 2016): in
+training, each block's residual branch is dropped for a random share of the samples, a share
+that grows linearly with depth up to ``drop_path_rate`` in the last block (section 3, the
+"linear decay rule"; timm's drop path).
+
 Szegedy et al., "Going Deeper with Convolutions" (CVPR 2015), section 5: global average pooling
 instead of fully connected layers on the last feature map improved top-1 accuracy by 0.6%;
 ``head="fc"`` builds the fully connected head it replaced, for that ablation.
@@ -70,6 +75,26 @@ def shortcut_for(in_channels: int, out_channels: int, stride: int, option: str) 
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth of a residual branch: in training, zero it for a random ``rate`` of the
+    samples and scale it by 1 / (1 - rate) for the others, so that its expected value is kept.
+    (timm.layers.DropPath does the same; importing timm here would cost every cnnlab command
+    a second and a half.)"""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *(1,) * (x.dim() - 1)).bernoulli_(1 - self.rate)
+        return x * keep / (1 - self.rate)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
 class Block(nn.Module):
     """What basic and bottleneck blocks share: ReLU(SE(F(x)) + shortcut(x)), or ReLU(SE(F(x)))
     in a plain network; subclasses define the residual branch F and ``last_bn``, its last
@@ -85,12 +110,14 @@ class Block(nn.Module):
         shortcut: str,
         plain: bool,
         se_reduction: int | None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=True)
         self.se: nn.Module = (
             nn.Identity() if se_reduction is None else SqueezeExcitation(out_channels, se_reduction)
         )
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path else nn.Identity()
         self.downsample: nn.Module | None = (
             None if plain else shortcut_for(in_channels, out_channels, stride, shortcut)
         )
@@ -103,7 +130,7 @@ class Block(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.se(self.residual(x))
+        out = self.drop_path(self.se(self.residual(x)))
         if self.downsample is not None:
             out = out + self.downsample(x)
         return self.relu(out)
@@ -122,8 +149,9 @@ class BasicBlock(Block):
         shortcut: str,
         plain: bool,
         se_reduction: int | None,
+        drop_path: float = 0.0,
     ) -> None:
-        super().__init__(in_channels, width, stride, shortcut, plain, se_reduction)
+        super().__init__(in_channels, width, stride, shortcut, plain, se_reduction, drop_path)
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width)
@@ -156,9 +184,12 @@ class Bottleneck(Block):
         shortcut: str,
         plain: bool,
         se_reduction: int | None,
+        drop_path: float = 0.0,
     ) -> None:
         out_channels = width * self.expansion
-        super().__init__(in_channels, out_channels, stride, shortcut, plain, se_reduction)
+        super().__init__(
+            in_channels, out_channels, stride, shortcut, plain, se_reduction, drop_path
+        )
         self.conv1 = conv1x1(in_channels, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, stride)
@@ -195,6 +226,7 @@ class ResNet(nn.Module):
       BatchNorm) where a block changes the shape; identities elsewhere.
     - ``plain``: no shortcut at all (section 4.1).
     - ``se_reduction``: squeeze-and-excitation with this reduction ratio in every block.
+    - ``drop_path_rate``: stochastic depth, the rate of the last block (linear from zero).
     - ``zero_init_residual``: start each block's last BatchNorm scale at zero, so that every
       residual block is an identity at initialisation (Goyal et al. 2017), which speeds up early
       training; torchvision leaves it off by default.
@@ -225,6 +257,7 @@ class ResNet(nn.Module):
         head_hidden: int = 1024,
         head_pool_size: int = 7,
         dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(widths) != len(blocks):
@@ -241,7 +274,10 @@ class ResNet(nn.Module):
             raise ValueError(
                 "zero_init_residual would make every block of a plain network output zeros"
             )
+        if plain and drop_path_rate:
+            raise ValueError("drop_path_rate would drop whole blocks of a plain network")
         block_cls = BLOCKS[block]
+        total, index = sum(blocks), 0
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
@@ -258,7 +294,11 @@ class ResNet(nn.Module):
             layers = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(block_cls(in_channels, width, stride, shortcut, plain, se_reduction))
+                rate = drop_path_rate * index / max(1, total - 1)
+                layers.append(
+                    block_cls(in_channels, width, stride, shortcut, plain, se_reduction, rate)
+                )
+                index += 1
                 in_channels = width * block_cls.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
         self.num_stages = len(widths)
