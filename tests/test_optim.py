@@ -10,6 +10,7 @@ import timm.optim
 import torch
 from omegaconf import OmegaConf
 
+from cnnlab.models.mobilenet import MobileNetV1
 from cnnlab.models.resnet import ResNet
 from cnnlab.optim.factory import build_optimizer, build_scheduler
 from conftest import CONF
@@ -150,3 +151,21 @@ def test_none_keeps_the_lr():
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(model, option("optimizer", "sgd"))
     assert build_scheduler(optimizer, option("scheduler", "none"), 10, 1) is None
+
+
+def test_depthwise_filters_can_go_without_weight_decay():
+    model = MobileNetV1(num_classes=10, in_chans=1)
+    depthwise = {id(b.depthwise[0].weight) for b in model.modules() if hasattr(b, "depthwise")}
+    for flag, exempt in ((True, set()), (False, depthwise)):
+        cfg = option("optimizer", "rmsprop", decay_depthwise=flag)
+        optimizer = build_optimizer(model, cfg)
+        plain = {
+            id(p) for g in optimizer.param_groups if not g["weight_decay"] for p in g["params"]
+        }
+        assert exempt <= plain and len(depthwise) == 13
+        assert all(
+            p.ndim == 1 or id(p) in exempt
+            for g in optimizer.param_groups
+            if not g["weight_decay"]
+            for p in g["params"]
+        )

@@ -60,6 +60,9 @@ class OptimizerOptions:
 
     # Decaying BatchNorm scales and biases only shrinks them; timm and torchvision skip them.
     decay_norm_and_bias: bool = False
+    # false: no weight decay on depthwise convolutions either, whose few weights per channel
+    # need little regularisation (MobileNet v1, section 4).
+    decay_depthwise: bool = True
 
 
 @dataclass

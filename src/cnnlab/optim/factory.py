@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -29,15 +29,17 @@ def parameter_groups(
     decay_norm_and_bias: bool,
     lr: float,
     lr_scales: dict[str, float] | None = None,
+    exempt: Collection[int] = (),
 ) -> list[dict]:
-    """Trainable parameters, split so that weight decay skips BatchNorm scales and biases, and
-    by learning rate: ``lr`` times ``lr_scales[name]`` (1 for a name not in it), which transfer
-    strategies set for discriminative learning rates."""
+    """Trainable parameters, split so that weight decay skips BatchNorm scales and biases (and
+    the parameters whose ids are in ``exempt``), and by learning rate: ``lr`` times
+    ``lr_scales[name]`` (1 for a name not in it), which transfer strategies set for
+    discriminative learning rates."""
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        decay = p.ndim > 1 or decay_norm_and_bias
+        decay = (p.ndim > 1 or decay_norm_and_bias) and id(p) not in exempt
         groups.setdefault((decay, (lr_scales or {}).get(name, 1.0)), []).append(p)
     # Decayed groups first: with one learning rate, the first group is the decayed one.
     order = sorted(groups, key=lambda key: (not key[0], -key[1]))
@@ -45,6 +47,18 @@ def parameter_groups(
         {"params": groups[decay, scale], "weight_decay": weight_decay * decay, "lr": lr * scale}
         for decay, scale in order
     ]
+
+
+def decay_exempt(module: nn.Module, cfg: DictConfig) -> set[int]:
+    """The ids of the parameters of ``module`` that the ``optimizer`` group exempts from weight
+    decay beyond norms and biases: depthwise convolution filters with decay_depthwise=false."""
+    if split_options(cfg, OptimizerOptions)[0].decay_depthwise:
+        return set()
+    return {
+        id(m.weight)
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    }
 
 
 def _arguments(cfg: DictConfig, options: type) -> tuple[DictConfig, type, dict[str, Any]]:
@@ -79,6 +93,7 @@ def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
         decay_norm_and_bias,
         lr,
         getattr(model, "lr_scales", None),
+        decay_exempt(model, cfg),
     )
     return _construct(cls, "optimizer", groups, args)
 

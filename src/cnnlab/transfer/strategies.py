@@ -36,7 +36,12 @@ from torch import nn
 from cnnlab.config.schema import TransferConfig, TransferStrategy
 from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import classifier_layers, load_weights, resolve
-from cnnlab.optim.factory import add_param_groups, group_settings, parameter_groups
+from cnnlab.optim.factory import (
+    add_param_groups,
+    decay_exempt,
+    group_settings,
+    parameter_groups,
+)
 from cnnlab.transfer.feature_cache import FeatureCacheCallback, head_input
 from cnnlab.transfer.freeze import freeze, parameter_table, unfreeze
 
@@ -166,9 +171,11 @@ class TwoStage(L.Callback):
     def switch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         modules = [m for b in self.unit for m in b.modules]
         unfreeze(modules, self.keep_bn_frozen, training=pl_module.training)
-        _, weight_decay, decay_norm_and_bias = group_settings(pl_module.optimizer_cfg)
+        cfg = pl_module.optimizer_cfg
+        _, weight_decay, decay_norm_and_bias = group_settings(cfg)
         named = [(n, p) for m in modules for n, p in m.named_parameters()]
-        groups = parameter_groups(named, weight_decay, decay_norm_and_bias, self.lr)
+        exempt = decay_exempt(pl_module.model, cfg)
+        groups = parameter_groups(named, weight_decay, decay_norm_and_bias, self.lr, None, exempt)
         configs = trainer.lr_scheduler_configs
         add_param_groups(trainer.optimizers[0], configs[0].scheduler if configs else None, groups)
         self.switched = True
