@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from cnnlab.models.mobilenet import MobileNetV1
 from cnnlab.models.resnet import ResNet
 from cnnlab.optim.factory import build_optimizer, build_scheduler
-from conftest import CONF
+from conftest import CONF, needs_fmnist, read_results, run_cli, run_dirs
 
 
 def option(group: str, name: str, **values):
@@ -169,3 +169,40 @@ def test_depthwise_filters_can_go_without_weight_decay():
             if not g["weight_decay"]
             for p in g["params"]
         )
+
+
+@needs_fmnist
+def test_new_optimizers_schedules_and_a_users_own_train_from_the_cli(tmp_path):
+    """A multirun of the shipped RMSProp and an optimizer YAML of the user's own (in a folder
+    added with hydra.searchpath) under the exponential, plateau and multistep schedules."""
+    own = tmp_path / "myconf" / "optimizer"
+    own.mkdir(parents=True)
+    (own / "mine.yaml").write_text(
+        "_target_: torch.optim.RMSprop\n_partial_: true\nlr: 0.001\nalpha: 0.9\n"
+    )
+    proc = run_cli(
+        [
+            "-m",
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+            "optimizer=rmsprop,mine",
+            "scheduler=exponential,plateau,multistep",
+            "model=lenet5",
+            "data.samples_per_class=10",
+            "data.val_size=100",
+            "data.batch_size=50",
+            "data.eval_batch_size=200",
+            "trainer.max_epochs=2",
+            "trainer.limit_test_batches=1",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 6
+    targets = set()
+    for run_dir in dirs:
+        assert read_results(run_dir)["status"] == "completed"
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        targets.add((cfg.optimizer._target_, cfg.scheduler._target_))
+    assert ("torch.optim.RMSprop", "torch.optim.lr_scheduler.ReduceLROnPlateau") in targets
+    assert len(targets) == 6
