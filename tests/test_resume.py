@@ -66,10 +66,10 @@ def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The model's weights and their EMA in last.ckpt."""
+    """The model's raw weights and their EMA in last.ckpt (whose state_dict is the EMA's)."""
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    ema = ckpt["callbacks"]["EMA"]["weights"]
-    return {**ckpt["state_dict"], **{f"ema.{k}": v for k, v in ema.items()}}
+    ema = {f"ema.{k}": v for k, v in ckpt["state_dict"].items()}
+    return {**ckpt["raw_state_dict"], **ema}
 
 
 @needs_fmnist
@@ -101,7 +101,7 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     expected, got = weights(whole_dir), weights(run_dir)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    assert not torch.equal(got["ema.c1.0.weight"], got["model.c1.0.weight"])
+    assert not torch.equal(got["ema.model.c1.0.weight"], got["model.c1.0.weight"])
     rows = metrics_rows(run_dir)
     assert rows == metrics_rows(whole_dir)
     assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}

@@ -24,6 +24,7 @@ from cnnlab.runs import planning as runs
 from cnnlab.runs.sweep import share_machine
 from cnnlab.tracking.loggers import finish_wandb
 from cnnlab.tracking.reporting import model_cost, print_summary
+from cnnlab.training.ema import ema_callback, raw_weights
 from cnnlab.training.faults import AtomicCheckpointIO
 from cnnlab.training.module import ClassificationModule
 from cnnlab.transfer.strategies import prepare as prepare_transfer
@@ -62,18 +63,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         raise CnnlabError(f"Lightning rejected the trainer config ({chosen}): {e}") from None
 
 
-def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
+def single_device(trainer: L.Trainer, cfg: DictConfig, bare: bool = False) -> L.Trainer:
     """``trainer``, or for a multi-process one a trainer on one device in this process, without
     loggers: under DDP a DistributedSampler pads the test set with repeated images, the results
     (per-class accuracy) of spawned workers would not come back, and the CSV logger of a new
-    worker would start metrics.csv afresh."""
-    if trainer.world_size == 1:
+    worker would start metrics.csv afresh. ``bare``: such a trainer in any case, for a test whose
+    figures go to results.json alone."""
+    if trainer.world_size == 1 and not bare:
         return trainer
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
         precision=trainer.precision,
         limit_test_batches=cfg.trainer.limit_test_batches,
+        fast_dev_run=cfg.trainer.fast_dev_run,
         logger=False,
         enable_progress_bar=False,
     )
@@ -184,6 +187,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
             results.update(module.test_report)
+            ema = ema_callback(trainer)
+            results["tested_weights"] = "raw" if ema is None else "ema"
+            if ema is not None:  # the raw weights' figures too: what the average adds
+                module.model.load_state_dict(raw_weights(ema, module, best))
+                raw = single_device(trainer, cfg, bare=True)
+                metrics = raw.test(module, datamodule=datamodule, verbose=False)[0]
+                results.update({f"{k}_raw": float(v) for k, v in metrics.items()})
         results["status"] = "completed"
     except (KeyboardInterrupt, SystemExit):
         # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
