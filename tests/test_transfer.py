@@ -22,7 +22,7 @@ from cnnlab.inference.loading import load
 from cnnlab.models.backbones import torchvision_model
 from cnnlab.models.resnet import ResNet
 from cnnlab.models.vgg import VGG
-from cnnlab.models.weights import hub_dir, load_weights, resolve
+from cnnlab.models.weights import IMAGENET_MEAN, IMAGENET_STD, hub_dir, load_weights, resolve
 from cnnlab.optim.factory import add_param_groups, build_scheduler, parameter_groups
 from cnnlab.training.run import build_module, train
 from cnnlab.transfer.freeze import is_frozen_norm
@@ -383,3 +383,38 @@ def test_discriminative_learning_rates_decay_towards_the_input():
     assert lr_of[id(model.layer1[0].conv1.weight)] == pytest.approx(0.1 * 0.5**3)
     assert lr_of[id(model.conv1.weight)] == pytest.approx(0.1 * 0.5**5)  # blocks: conv1, bn1...
     assert len(lr_of) == len(list(model.parameters()))
+
+
+@needs_mobilenet
+@pytest.mark.parametrize("normalize", ["pretrained", "dataset"])
+def test_imagenet_weights_get_imagenet_input_statistics(compose_cfg, normalize):
+    """MobileNetV2's real ImageNet weights fine-tuned on grey Fashion-MNIST: the inputs are
+    normalised with ImageNet's statistics (averaged over RGB for the summed first filters),
+    unless data.normalize=dataset asks for the data set's."""
+    cfg = compose_cfg(
+        ["experiment=transfer/mnv2_finetune", f"data.normalize={normalize}", "data.image_size=32"]
+        + TINY
+    )
+    module, trainer = fit(cfg, batches=1)
+    mean, std = module.preprocess.mean.tolist(), module.preprocess.std.tolist()
+    if normalize == "pretrained":
+        assert mean == pytest.approx([sum(IMAGENET_MEAN) / 3])
+        assert std == pytest.approx([sum(IMAGENET_STD) / 3])
+    else:
+        dataset = trainer.datamodule
+        assert (mean, std) == (pytest.approx(dataset.mean), pytest.approx(dataset.std))
+        assert mean != pytest.approx([sum(IMAGENET_MEAN) / 3], abs=0.01)
+
+
+def test_weights_of_an_earlier_run_carry_its_input_statistics(tmp_path):
+    """A cnnlab checkpoint's Preprocess statistics travel with its weights into the next run;
+    a plain weights file is taken for ImageNet's."""
+    model = ResNet(10, 1, widths=[16, 32, 64], blocks=[1, 1, 1], stem_pool=True)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({"preprocess.mean": torch.tensor([0.3]), "preprocess.std": torch.tensor([0.2])})
+    torch.save({"state_dict": state}, tmp_path / "run.ckpt")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    report = load_weights(copy.deepcopy(model), *resolve(str(tmp_path / "run.ckpt")))
+    assert report.stats.mean == pytest.approx([0.3]) and report.stats.std == pytest.approx([0.2])
+    report = load_weights(copy.deepcopy(model), *resolve(str(tmp_path / "plain.pth")))
+    assert report.stats.mean == IMAGENET_MEAN and "assumed" in report.stats.origin

@@ -41,6 +41,10 @@ class Preprocess(nn.Module):
         mean_t, std_t = torch.as_tensor(mean), torch.as_tensor(std)
         if len(mean_t) == 1 and self.channels > 1:
             mean_t, std_t = mean_t.repeat(self.channels), std_t.repeat(self.channels)
+        elif len(mean_t) > 1 and self.channels == 1:
+            # RGB weights on grey images (their first convolution's filters summed): a grey
+            # image is R = G = B, normalised as well as one channel can be by the averages.
+            mean_t, std_t = mean_t.mean(0, keepdim=True), std_t.mean(0, keepdim=True)
         self.mean.copy_(mean_t)
         self.std.copy_(std_t)
 

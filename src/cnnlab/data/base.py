@@ -154,6 +154,10 @@ def system_datasets_dir() -> Path:
     return Path(os.environ.get("CNNLAB_DATASETS_DIR", "/usr/share/datasets"))
 
 
+# data.normalize: whose statistics normalise the inputs.
+NORMALIZE = ("pretrained", "dataset")
+
+
 class ImageDataModule(L.LightningDataModule):
     """Base class: subclasses fill ``train_set``, ``val_set``, ``test_set``, ``class_names`` and
     ``mean``/``std`` in ``setup``. ``channels`` and ``image_size`` say what the model receives;
@@ -173,8 +177,17 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int,
         seed: int,
         classes: Sequence[int] | None = None,
+        normalize: str = "pretrained",
     ) -> None:
         super().__init__()
+        if normalize not in NORMALIZE:
+            raise CnnlabError(
+                f"data.normalize={normalize!r}: expected pretrained (a model that starts from "
+                "pretrained weights gets inputs normalised with the statistics those weights "
+                "were trained with, other models the data set's) or dataset (the data set's "
+                "statistics in any case)."
+            )
+        self.normalize = normalize
         self.classes = list(classes) if classes is not None else None
         if self.classes is not None and len(self.classes) != num_classes:
             raise CnnlabError(
@@ -286,10 +299,11 @@ class InMemoryImages(ImageDataModule):
         num_workers: int,
         seed: int,
         classes: Sequence[int] | None,
+        normalize: str = "pretrained",
     ) -> None:
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size, num_workers, seed,
-            classes,
+            classes, normalize,
         )  # fmt: skip
         self.val_size, self.samples_per_class = val_size, samples_per_class
         self.select_classes(self.class_names_)  # a bad data.classes fails before any reading

@@ -137,11 +137,12 @@ class ImageFolder(ImageDataModule):
         num_workers: int = 2,
         seed: int = 0,
         classes: Sequence[int] | None = None,
+        normalize: str = "pretrained",
         on_corrupt: str = "skip",
     ) -> None:
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size, num_workers, seed,
-            classes,
+            classes, normalize=normalize,
         )  # fmt: skip
         if on_corrupt not in ON_CORRUPT:
             raise CnnlabError(

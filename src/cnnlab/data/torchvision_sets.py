@@ -50,10 +50,11 @@ class TorchvisionArchive(InMemoryImages):
         num_workers: int = 0,
         seed: int = 0,
         classes: Sequence[int] | None = None,
+        normalize: str = "pretrained",
     ) -> None:
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size, val_size,
-            samples_per_class, num_workers, seed, classes,
+            samples_per_class, num_workers, seed, classes, normalize=normalize,
         )  # fmt: skip
         self.root = Path(root).expanduser() if root else None
         self.download = download

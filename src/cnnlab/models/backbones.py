@@ -39,7 +39,13 @@ from torch import nn
 from torchvision import models as tv_models
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.weights import LoadReport, classifier_layers, fetch_error, torchvision_weights
+from cnnlab.models.weights import (
+    InputStats,
+    LoadReport,
+    classifier_layers,
+    fetch_error,
+    torchvision_weights,
+)
 
 # The families whose stem ``small_input`` can make stride 1: for each, the module holding the
 # stem's strided convolution (its first convolution is changed) and the stem's max pooling, which
@@ -114,10 +120,11 @@ def timm_model(
             "download them elsewhere and give model.weights_file=<path>."
         ) from None
     model.weights_report = None
+    cfg = model.pretrained_cfg
     if pretrained or overlay is not None:
         source = overlay["file"] if overlay else "the Hugging Face hub"
-        model.weights_report = LoadReport(f"timm {name} ({source})")
-    cfg = model.pretrained_cfg
+        stats = InputStats(list(cfg["mean"]), list(cfg["std"]), f"timm {name}'s")
+        model.weights_report = LoadReport(f"timm {name} ({source})", stats=stats)
     if cfg.get("fixed_input_size"):
         min_size = cfg["input_size"][-1]
     else:
@@ -149,7 +156,11 @@ def torchvision_model(
         raise fetch_error(chosen, e) from None
     model.weights_report = None
     if chosen is not None:
-        model.weights_report = LoadReport(f"torchvision {chosen}", list(model.state_dict()))
+        transform = chosen.transforms()
+        stats = InputStats(list(transform.mean), list(transform.std), f"torchvision {chosen}'s")
+        model.weights_report = LoadReport(
+            f"torchvision {chosen}", list(model.state_dict()), stats=stats
+        )
     replace_heads(model, num_classes)
     adapt_first_conv(model, in_chans)
     min_size = tv_models.get_model_weights(name).DEFAULT.meta["min_size"][0]

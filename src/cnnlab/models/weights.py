@@ -8,6 +8,9 @@ Sources, resolved offline first:
 - a ``.pth``/``.pt``, ``.safetensors`` or Lightning ``.ckpt`` file;
 - the directory of an earlier cnnlab run (its tested checkpoint): pretrain, then transfer.
 
+A report of the load (:class:`LoadReport`) carries the input statistics the weights were trained
+with, which the run then normalises its inputs with (``data.normalize=pretrained``).
+
 Keys are matched by name after stripping the prefixes that wrappers add (``model.``, ``module.``,
 ``_orig_mod.``). Only two mismatches are expected and handled: a classifier layer of another
 class count is re-initialised, and a first convolution of RGB filters is adapted to the model's
@@ -34,14 +37,36 @@ WEIGHTS_NAME = re.compile(r"^\w+_Weights\.\w+$")
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
+# The input statistics of ImageNet weights (torchvision's and most of timm's).
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# Where a state dict carries the input statistics it was trained with: a cnnlab checkpoint's
+# Preprocess buffers, which resolve() also fills for torchvision weights.
+STATS_KEYS = ("preprocess.mean", "preprocess.std")
+
+
+@dataclass
+class InputStats:
+    """The per-channel mean and standard deviation that a model's weights were trained on."""
+
+    mean: list[float]
+    std: list[float]
+    origin: str
+
+    def __str__(self) -> str:
+        values = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(self.mean, self.std, strict=True))
+        return f"{self.origin} (mean/std {values})"
+
+
 @dataclass
 class LoadReport:
-    """What loading ``source`` did to each key of the model's state dict."""
+    """What loading ``source`` did to each key of the model's state dict, and the input
+    statistics of the weights."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
+    stats: InputStats | None = None
 
     def __str__(self) -> str:
         def keys(names: list[str]) -> str:
@@ -129,7 +154,9 @@ def read_file(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
         if any(k.startswith("model.") for k in content):
-            content = {k: v for k, v in content.items() if k.startswith("model.")}
+            content = {
+                k: v for k, v in content.items() if k.startswith("model.") or k in STATS_KEYS
+            }
     if not isinstance(content, dict) or not all(torch.is_tensor(v) for v in content.values()):
         raise CnnlabError(
             f"transfer.init_from={str(path)!r} holds no state dict (a mapping of names to "
@@ -143,7 +170,11 @@ def resolve(source: str) -> tuple[dict[str, torch.Tensor], str]:
     weights file or an earlier cnnlab run's directory."""
     if WEIGHTS_NAME.match(source) and not Path(source).exists():
         weights = torchvision_weights(source)
-        return torchvision_state_dict(weights), f"torchvision {weights}"
+        state = torchvision_state_dict(weights)
+        transform = weights.transforms()
+        mean_key, std_key = STATS_KEYS
+        state[mean_key], state[std_key] = torch.tensor(transform.mean), torch.tensor(transform.std)
+        return state, f"torchvision {weights}"
     path = Path(source).expanduser()
     if path.is_dir():
         path = find_checkpoint(path)
@@ -168,12 +199,20 @@ def classifier_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-    """Copy ``state`` into ``model`` by name (see the module docstring for what may differ)."""
+    """Copy ``state`` into ``model`` by name (see the module docstring for what may differ).
+    The report's input statistics are those ``state`` carries under ``STATS_KEYS`` (a cnnlab
+    run's, torchvision's), else ImageNet's, which other weights files almost always hold."""
     state = strip_prefixes(state)
+    mean, std = (state.pop(key, None) for key in STATS_KEYS)
+    stats = (
+        InputStats(IMAGENET_MEAN, IMAGENET_STD, f"ImageNet's, assumed for {source}")
+        if mean is None or std is None
+        else InputStats(mean.tolist(), std.tolist(), f"those of {source}")
+    )
     target = model.state_dict()
     heads = {f"{n}.{p}" for n, m in classifier_layers(model) for p, _ in m.named_parameters()}
     first_conv = next(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    report, mismatched = LoadReport(source), []
+    report, mismatched = LoadReport(source, stats=stats), []
     fitted = {}
     for key, value in state.items():
         if key not in target:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
@@ -19,6 +20,7 @@ from torchmetrics.classification import (
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
 from cnnlab.augment.tta import TTA_MODES, tta_probs
 from cnnlab.errors import CnnlabError
+from cnnlab.models.weights import InputStats
 from cnnlab.optim.factory import build_optimizer, build_scheduler, lightning_scheduler
 
 
@@ -59,6 +61,7 @@ class ClassificationModule(L.LightningModule):
         augmentation: nn.Module | None = None,
         class_names: list[str] | None = None,
         tta: str = "none",
+        input_stats: InputStats | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -67,6 +70,9 @@ class ClassificationModule(L.LightningModule):
         if tta not in TTA_MODES:
             raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
         self.tta = tta
+        # Those of the pretrained weights the model starts from: data.normalize=pretrained uses
+        # them instead of the data set's.
+        self.input_stats = input_stats
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
@@ -99,7 +105,11 @@ class ClassificationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and stage == "fit":
-            self.preprocess.set_stats(datamodule.mean, datamodule.std)
+            stats = InputStats(datamodule.mean, datamodule.std, "the training split's")
+            if self.input_stats is not None and datamodule.normalize == "pretrained":
+                stats = self.input_stats
+            self.preprocess.set_stats(stats.mean, stats.std)
+            rank_zero_info(f"inputs normalised with the statistics {stats}")
             self.class_names = list(datamodule.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
 

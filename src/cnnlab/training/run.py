@@ -106,6 +106,7 @@ def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> Clas
         augmentation=augmentation,
         class_names=datamodule.class_names,
         tta=cfg.eval.tta,
+        input_stats=getattr(getattr(model, "weights_report", None), "stats", None),
         **cfg.module,
     )
     module.run_config = OmegaConf.to_container(cfg)

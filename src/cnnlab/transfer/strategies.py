@@ -242,7 +242,7 @@ def prepare(
     report = getattr(model, "weights_report", None)
     if load and cfg.init_from:
         state, source = resolve(cfg.init_from)
-        report = load_weights(model, state, source)
+        report = model.weights_report = load_weights(model, state, source)
     if report is not None:
         rank_zero_info(f"transfer: {report}")
     elif load and strategy is not TransferStrategy.scratch:
