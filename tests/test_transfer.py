@@ -8,13 +8,16 @@ import inspect
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 from torchvision import models as tv_models
 
+from cnnlab.augment.pipeline import Preprocess
 from cnnlab.config.schema import validate
 from cnnlab.data.mnist_like import FashionMNIST
 from cnnlab.errors import CnnlabError
@@ -418,3 +421,77 @@ def test_weights_of_an_earlier_run_carry_its_input_statistics(tmp_path):
     assert report.stats.mean == pytest.approx([0.3]) and report.stats.std == pytest.approx([0.2])
     report = load_weights(copy.deepcopy(model), *resolve(str(tmp_path / "plain.pth")))
     assert report.stats.mean == IMAGENET_MEAN and "assumed" in report.stats.origin
+
+
+LITE0_FILE = hub_dir() / "efficientnet-lite0-57934424.pth"
+PHOTOS = Path(__file__).parents[1] / "data" / "photos"
+needs_lite0 = pytest.mark.skipif(
+    not LITE0_FILE.is_file() or not (PHOTOS / "chelsea.png").is_file(),
+    reason="python scripts/offline_assets.py --only lite0 --only photos puts the files in place",
+)
+
+
+@needs_lite0
+def test_efficientnet_lite0_weights_in_efficientnet_pytorch_names_classify_real_photos():
+    """The Lite0 file's 296 tensors, renamed to timm's by name and block type and checked key
+    by key, give timm's efficientnet_lite0 its ImageNet classes: chelsea.png is a cat (281-285
+    are ImageNet's domestic cats), coffee.png an espresso (967)."""
+    model = instantiate(
+        {
+            "_target_": "cnnlab.models.backbones.timm_model",
+            "name": "efficientnet_lite0",
+            "num_classes": 1000,
+            "in_chans": 3,
+            "weights_file": LITE0_FILE.name,
+        }
+    ).eval()
+    report = model.weights_report
+    assert len(report.loaded) == 296 and not report.reinitialised
+    preprocess = Preprocess(3, 224)
+    preprocess.set_stats(report.stats.mean, report.stats.std)
+    photos = [
+        torch.from_numpy(np.array(Image.open(PHOTOS / name).convert("RGB"))).permute(2, 0, 1)
+        for name in ("chelsea.png", "coffee.png")
+    ]
+    with torch.no_grad():
+        classes = [model(preprocess(photo[None])).argmax(1).item() for photo in photos]
+    assert classes[0] in range(281, 286) and classes[1] == 967
+
+
+@needs_lite0
+def test_efficientnet_pytorch_names_are_refused_by_another_architecture(tmp_path):
+    with pytest.raises(CnnlabError, match="only a timm EfficientNet"):
+        load_weights(ResNet(10, 1), *resolve(str(LITE0_FILE)))
+    wrong = instantiate(
+        {
+            "_target_": "cnnlab.models.backbones.timm_model",
+            "name": "efficientnet_b0",
+            "num_classes": 10,
+            "in_chans": 1,
+        }
+    )
+    with pytest.raises(CnnlabError, match="do not fit the model"):
+        load_weights(wrong, *resolve(str(LITE0_FILE)))
+
+
+@needs_lite0
+def test_two_stage_recipe_trains_on_the_real_lite0_weights(compose_cfg):
+    cfg = compose_cfg(
+        [
+            "experiment=transfer/lite0_two_stage",
+            "transfer.unfreeze_epoch=1",
+            "data.image_size=32",
+            *TINY,
+        ]
+    )
+    states = []
+
+    class Record(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            states.append(snapshot(pl_module.model))
+
+    module, _ = fit(cfg, epochs=2, batches=1, callbacks=[Record()])
+    assert module.model.weights_report.stats.mean == pytest.approx([127 / 255] * 3)
+    assert module.preprocess.mean.tolist() == pytest.approx([127 / 255])
+    assert changed(states[0], states[1], "blocks.")  # stage two trains the blocks too
+    assert not changed(states[0], states[1], "blocks.6.0.bn")  # with BatchNorm frozen

@@ -44,6 +44,10 @@ from cnnlab.models.weights import (
     LoadReport,
     classifier_layers,
     fetch_error,
+    hub_dir,
+    is_efficientnet_pytorch,
+    load_weights,
+    read_file,
     torchvision_weights,
 )
 
@@ -89,19 +93,29 @@ def timm_model(
 ) -> nn.Module:
     """timm's ``name`` (an optional ``.tag`` picks pretrained weights) with ``num_classes``
     outputs; timm itself adapts the first convolution to ``in_chans`` and drops a classifier of
-    another class count. ``weights_file``: the pretrained weights from this local file.
-    ``drop_rate``: dropout before the classifier (None: the model's default); ``drop_path_rate``:
-    stochastic depth (Huang et al. 2016), the rate reached by the last block."""
+    another class count. ``weights_file``: the pretrained weights from this local file (a bare
+    file name is also looked for in the torch hub cache, $TORCH_HOME/hub/checkpoints); a file
+    in EfficientNet-PyTorch's key names is renamed to timm's and loaded by cnnlab's loader
+    (cnnlab.models.weights), which checks every key. ``drop_rate``: dropout before the
+    classifier (None: the model's default); ``drop_path_rate``: stochastic depth (Huang et al.
+    2016), the rate reached by the last block."""
     if not timm.is_model(name):
         raise unknown_model(name, "timm", timm.list_models())
-    overlay = None
+    overlay, foreign = None, None
     if weights_file is not None:
-        if not Path(weights_file).expanduser().is_file():
+        path = Path(weights_file).expanduser()
+        if not path.is_file() and path.name == weights_file and (hub_dir() / path).is_file():
+            path = hub_dir() / path
+        if not path.is_file():
             raise BackboneError(
-                f"model.weights_file={weights_file!r} is not a file. Give the path of timm "
-                f"weights for {name} (.safetensors, .pth or .bin)."
+                f"model.weights_file={weights_file!r} is not a file (nor one in {hub_dir()}). "
+                f"Give the path of timm weights for {name} (.safetensors, .pth or .bin)."
             )
-        overlay = {"file": str(Path(weights_file).expanduser())}
+        state = read_file(path) if path.suffix in (".pth", ".pt") else {}
+        if is_efficientnet_pytorch(state):
+            foreign = state
+        else:
+            overlay = {"file": str(path)}
     try:
         model = timm.create_model(
             name,
@@ -121,7 +135,9 @@ def timm_model(
         ) from None
     model.weights_report = None
     cfg = model.pretrained_cfg
-    if pretrained or overlay is not None:
+    if foreign is not None:
+        model.weights_report = load_weights(model, foreign, str(path))
+    elif pretrained or overlay is not None:
         source = overlay["file"] if overlay else "the Hugging Face hub"
         stats = InputStats(list(cfg["mean"]), list(cfg["std"]), f"timm {name}'s")
         model.weights_report = LoadReport(f"timm {name} ({source})", stats=stats)

@@ -198,14 +198,88 @@ def classifier_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in layers if m.weight.shape[0] == outputs]
 
 
+# EfficientNet-PyTorch's names (``_conv_stem``, ``_blocks.N._expand_conv``...) for timm's, outside
+# the blocks and within them; a block without an expansion convolution (timm's
+# DepthwiseSeparableConv, the first stage) names its layers differently in timm.
+EFFICIENTNET_PYTORCH_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+EFFICIENTNET_PYTORCH_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+EFFICIENTNET_PYTORCH_SEPARABLE = {
+    **EFFICIENTNET_PYTORCH_BLOCK,
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+
+
+def is_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> bool:
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+def from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """``state`` in EfficientNet-PyTorch's key names (lukemelas/EfficientNet-PyTorch and the
+    EfficientNet-Lite ports) renamed to those of ``model``, a timm EfficientNet: its flat block
+    N is the model's N-th block counted through the stages. Renaming goes by name and block
+    type, never by position alone, and :func:`load_weights` then checks every key and shape."""
+    stages = getattr(model, "blocks", None)
+    if not isinstance(stages, nn.Sequential) or not hasattr(model, "conv_stem"):
+        raise CnnlabError(
+            f"The weights are in EfficientNet-PyTorch's names (_conv_stem, _blocks.N...), which "
+            f"only a timm EfficientNet takes, not {type(model).__name__}: use model=timm "
+            "model.name=efficientnet_lite0 (or the EfficientNet the weights are of)."
+        )
+    blocks = [(f"blocks.{s}.{i}", b) for s, stage in enumerate(stages) for i, b in enumerate(stage)]
+    renamed = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head != "_blocks":
+            renamed[f"{EFFICIENTNET_PYTORCH_TOP.get(head, head)}.{rest}"] = value
+            continue
+        index, _, rest = rest.partition(".")
+        if int(index) >= len(blocks):  # left as it is: load_weights names it
+            renamed[key] = value
+            continue
+        name, block = blocks[int(index)]
+        table = (
+            EFFICIENTNET_PYTORCH_BLOCK
+            if hasattr(block, "conv_pwl")
+            else (EFFICIENTNET_PYTORCH_SEPARABLE)
+        )
+        layer, _, leaf = rest.partition(".")
+        renamed[f"{name}.{table.get(layer, layer)}.{leaf}"] = value
+    return renamed
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
     """Copy ``state`` into ``model`` by name (see the module docstring for what may differ).
     The report's input statistics are those ``state`` carries under ``STATS_KEYS`` (a cnnlab
     run's, torchvision's), else ImageNet's, which other weights files almost always hold."""
     state = strip_prefixes(state)
+    assumed = InputStats(IMAGENET_MEAN, IMAGENET_STD, f"ImageNet's, assumed for {source}")
+    if is_efficientnet_pytorch(state):
+        if not any("_se_reduce" in k for k in state):
+            # EfficientNet-Lite (no squeeze-and-excitation) was trained on (x - 127) / 128,
+            # TensorFlow's preprocessing of the Lite models; the Lite0 file classifies its test
+            # photos with more confidence so than with ImageNet's statistics.
+            assumed = InputStats([127 / 255] * 3, [128 / 255] * 3, f"EfficientNet-Lite's, {source}")
+        state = from_efficientnet_pytorch(state, model)
     mean, std = (state.pop(key, None) for key in STATS_KEYS)
     stats = (
-        InputStats(IMAGENET_MEAN, IMAGENET_STD, f"ImageNet's, assumed for {source}")
+        assumed
         if mean is None or std is None
         else InputStats(mean.tolist(), std.tolist(), f"those of {source}")
     )
