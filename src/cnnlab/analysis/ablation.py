@@ -1,8 +1,6 @@
 """Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
 judge the claim and write the result into the ablations page.
 
-    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
-
 Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
 claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
 overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts

@@ -1,9 +1,6 @@
 """Comparing runs (the core of ``cnnlab-compare``): group runs by the parameters that differ,
 aggregate over seeds.
 
-    cnnlab-compare outputs/multirun/2026-11-25/22-30-00_sweep [--by model,augmentation]
-                   [--metric test_acc] [--out DIR] [--wandb entity/project]
-
 Reads run dirs (results.json, .hydra/ and csv/metrics.csv; any folder above them will do) or,
 with ``--wandb``, the runs of a W&B project. Runs are grouped by ``--by`` or else by every
 parameter (a config group's choice or a config value) that differs between them, except the

@@ -1,8 +1,5 @@
 """What multi-crop testing and model ensembles buy, and what they cost.
 
-    cnnlab-ensemble outputs/multirun/2026-11-25/22-30-00_sweep [more run dirs ...]
-                    [--tta ten_crop] [--out DIR] [--batch-size N] [--repeats R] [--device cpu]
-
 AlexNet (Krizhevsky et al., 2012, sections 4.1 and 6) and VGG (Simonyan and Zisserman, 2015,
 sections 3.2 and 4.3) report test accuracy with ten crops per image and with the softmax outputs of
 several models averaged; practitioners quote such gains as 1-2% for 3-15x the test-time compute.

@@ -3,14 +3,8 @@
     cnnlab-compare outputs/multirun/2026-11-25/22-30-00_sweep [--by model,augmentation]
                    [--metric test_acc] [--out DIR] [--wandb entity/project]
 
-Reads run dirs (results.json, .hydra/ and csv/metrics.csv; any folder above them will do) or,
-with ``--wandb``, the runs of a W&B project. Runs are grouped by ``--by`` or else by every
-parameter (a config group's choice or a config value) that differs between them, except the
-seed; each group gets the mean +- sample standard deviation of the metric over its runs and their
-number n. Writes comparison.md, comparison.csv and PNG plots (learning curves with a band of one
-standard deviation over seeds, the metric against each grouping parameter and against MACs) and
-prints the Markdown table. A skipped run (``same_as``) counts with the metrics of the run it
-repeats; failed runs are listed under the table, not aggregated."""
+What it computes and writes: :mod:`cnnlab.analysis.compare`.
+"""
 
 from __future__ import annotations
 

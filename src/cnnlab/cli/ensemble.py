@@ -3,15 +3,8 @@
     cnnlab-ensemble outputs/multirun/2026-11-25/22-30-00_sweep [more run dirs ...]
                     [--tta ten_crop] [--out DIR] [--batch-size N] [--repeats R] [--device cpu]
 
-AlexNet (Krizhevsky et al., 2012, sections 4.1 and 6) and VGG (Simonyan and Zisserman, 2015,
-sections 3.2 and 4.3) report test accuracy with ten crops per image and with the softmax outputs of
-several models averaged; practitioners quote such gains as 1-2% for 3-15x the test-time compute.
-This command measures both on the test split of trained runs (completed runs at or below the paths;
-a skipped run counts as the run it repeats): one model, one model with a TTA mode of
-cnnlab.augment.tta, the ensemble of all runs, and the ensemble with the TTA mode. Single-model
-accuracy is the mean +- sample standard deviation over the runs; each setting's inference time is
-the median over ``--repeats`` passes over the test split, the single model's timed on the first run.
-Writes ensemble.json and ensemble.md into ``--out`` and prints the Markdown table."""
+What it computes and writes: :mod:`cnnlab.analysis.ensemble`.
+"""
 
 from __future__ import annotations
 
