@@ -14,7 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnlab.tracking.profile import build, main, summarize
+from cnnlab.cli.summary import build, main
+from cnnlab.tracking.profile import summarize
 
 # (config, input C,H,W, total params, total MACs, {layer: (params, MACs)}, final output shape)
 COST_EXAMPLES = [
