@@ -175,7 +175,7 @@ def screenshot(url: str, png: Path, size: tuple[int, int]) -> None:
 
 def train(outputs: Path) -> None:
     overrides = [*TRAIN, f"paths.output_root={outputs.resolve()}"]
-    subprocess.run([sys.executable, "-m", "cnnlab.train", *overrides], check=True)
+    subprocess.run([sys.executable, "-m", "cnnlab.cli.train", *overrides], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
