@@ -172,7 +172,7 @@ def test_bad_overrides_exit_2_with_one_line(capsys, args, fragment):
 @pytest.mark.slow  # a fresh interpreter imports torch and Lightning: 10-20 s on two cores
 def test_cli_prints_parseable_totals(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab.tracking.profile", "model=cost_conv3x3_depthwise_separable"]
+        [sys.executable, "-m", "cnnlab.cli.summary", "model=cost_conv3x3_depthwise_separable"]
         + ["input_shape=[3,6,6]"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
