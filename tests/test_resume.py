@@ -229,3 +229,61 @@ def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path
     assert [r["status"] for r in results["resumed"]] == ["running"]
     steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
     assert steps == sorted(set(steps)) and steps[-1] >= 90  # each step once, to the end
+
+
+FDR = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
+
+
+def test_rerunning_a_multirun_in_a_fixed_sweep_dir_skips_completed_jobs_in_place(tmp_path):
+    """The issue's report: the same multirun twice with hydra.sweep.dir named."""
+    args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/my_sweep"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    jobs = [tmp_path / "outputs" / "my_sweep" / str(i) for i in range(2)]
+    before = [(j / "results.json").read_bytes() for j in jobs]
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "sweep: 2 skipped" in again.stdout and "ERROR" not in again.stdout + again.stderr
+    # Nothing trained, nothing written over: the records are those of the first call.
+    assert [(j / "results.json").read_bytes() for j in jobs] == before
+    assert "Trainer.fit" not in again.stdout + again.stderr
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@needs_fmnist
+def test_a_sweep_killed_during_start_up_is_rerun_in_its_fixed_sweep_dir(tmp_path):
+    """Killed before job 0 wrote its results.json; then killed while job 1 loaded its data
+    (status running, no checkpoint): each re-run starts what never started, skips what
+    completed, and the summary says so."""
+    args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/fixed"]
+    jobs = [tmp_path / "outputs" / "fixed" / str(i) for i in range(2)]
+    proc = start_cli(args, cwd=tmp_path)
+    kill_when(proc, lambda: (jobs[0] / ".hydra" / "config.yaml").is_file())
+    assert not (jobs[0] / "results.json").exists()
+
+    def job1_loading() -> bool:
+        return (jobs[1] / "results.json").is_file() and not (jobs[1] / "checkpoints").exists()
+
+    proc = start_cli(args, cwd=tmp_path)
+    kill_when(proc, job1_loading)
+    assert read_results(jobs[0])["status"] == "completed"
+    assert read_results(jobs[1])["status"] == "running"  # its owner is dead
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "ERROR" not in again.stdout + again.stderr
+    assert "job   0 skipped" in again.stdout and "job   1 completed" in again.stdout
+    assert "sweep: 1 completed, 1 skipped" in again.stdout
+    assert f"continue {jobs[1]} from step 0" in again.stdout
+    results = read_results(jobs[1])
+    assert results["status"] == "completed" and results["resumed"] == [{"status": "running"}]

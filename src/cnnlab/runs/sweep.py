@@ -3,13 +3,14 @@ jobs, failure isolation, and the summary printed when the sweep ends.
 
 A failed job of a sweep is recorded (``status: failed`` and its error in results.json, the
 traceback in the job's log file) and the sweep goes on; :class:`SweepSummary`, a Hydra callback,
-lists every job's status at the end and exits non-zero if any failed.
+lists every job's status at the end and exits non-zero if any did not complete. A job skipped in
+its own dir (a re-run in a fixed sweep dir) keeps its results.json as it was; rank 0's decision
+in the dir tells the summary that this call skipped it.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import sys
@@ -23,12 +24,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.config.job import in_multirun
 from cnnlab.errors import CnnlabError
-from cnnlab.paths import RESULTS_FILE
+from cnnlab.paths import write_json
+from cnnlab.runs.planning import REFUSED, SKIP, read_decision
+from cnnlab.runs.record import RunRecord, Status
 
 log = logging.getLogger(__name__)
 
-# Statuses a job ends with; "skipped" and "interrupted" come from resumable multiruns.
-STATUSES = ("completed", "failed", "skipped", "interrupted", "running", "missing")
+# The statuses of jobs that did not complete: the sweep exits non-zero if it has any.
+NOT_DONE = (Status.FAILED, Status.INTERRUPTED, Status.RUNNING, Status.MISSING)
 
 
 def _parallel_jobs() -> int:
@@ -83,11 +86,22 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def read_job(job_dir: Path) -> dict[str, Any]:
-    """A job's results.json; ``status: missing`` if the job never got to write one."""
-    path = job_dir / RESULTS_FILE
-    if not path.is_file():
-        return {"status": "missing", "run_dir": str(job_dir)}
-    return json.loads(path.read_text())
+    """A job's results.json as the latest call left it: ``status: missing`` if the job never got
+    to write one, ``skipped`` if the call found it completed in its own dir, ``failed`` if the
+    call refused it (its dir holds another config's run, which stays as it was)."""
+    record = RunRecord.read(job_dir) or RunRecord(status=Status.MISSING.value, run_dir=str(job_dir))
+    decision = read_decision(job_dir)
+    if decision.get("action") == REFUSED:
+        return {**record, "status": Status.FAILED.value, "error": decision["error"]}
+    same_as = decision.get("same_as")
+    here = same_as is not None and Path(same_as).resolve() == job_dir.resolve()
+    if decision.get("action") == SKIP and here and record.status == Status.COMPLETED:
+        return {
+            **record,
+            "status": Status.SKIPPED.value,
+            "same_as": f"{same_as} (completed before)",
+        }
+    return record
 
 
 def _overrides(job_dir: Path) -> str:
@@ -110,7 +124,7 @@ def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
                 "detail": results.get("error") or results.get("same_as") or "",
             }
         )
-    counts = {s: sum(j["status"] == s for j in jobs) for s in STATUSES}
+    counts = {s.value: sum(j["status"] == s for j in jobs) for s in Status}
     best = sweep_dir / "optimization_results.yaml"
     summary = {"sweep_dir": str(sweep_dir), "counts": counts, "jobs": jobs}
     if best.is_file():
@@ -149,9 +163,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = summarize_sweep(sweep_dir)
-        (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(sweep_dir / "summary.json", summary)
         print_sweep(summary)
-        bad = sum(summary["counts"][s] for s in ("failed", "interrupted", "running", "missing"))
+        bad = sum(summary["counts"][s] for s in NOT_DONE)
         if bad:
             print(
                 f"cnnlab: error: {bad} of {len(summary['jobs'])} jobs of the sweep did not "
