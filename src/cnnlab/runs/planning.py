@@ -30,6 +30,7 @@ Runs are identified by :func:`cnnlab.runs.record.fingerprint`, stored as ``confi
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -205,6 +206,7 @@ def _continue(
 ) -> Plan:
     """Train on in ``run_dir`` from its newest whole checkpoint (from step 0 if it has none)."""
     checkpoint = resume_checkpoint(run_dir, cfg.get("resume_fallback", True))
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
         cfg.resume = None
