@@ -276,16 +276,13 @@ def _resume_dir(cfg: DictConfig, run_dir: Path, fresh: Path, overrides: list[str
             "directory outputs/<date>/<time>_<name> written by cnnlab-train, resume=auto, or "
             "start a new run from a checkpoint file with ckpt_path=<file>."
         )
-    if not earlier.unfinished or is_running(run_dir, earlier):
-        state = (
-            "is still running"
-            if is_running(run_dir, earlier)
-            else (f"has status {earlier.get('status')}")
-        )
+    running = is_running(run_dir, earlier)
+    if not (earlier.unfinished or earlier.status == Status.FAILED) or running:
+        state = "is still running" if running else f"has status {earlier.get('status')}"
         raise CnnlabError(
             f"resume={run_dir}: that run {state}; only a run that stopped before it finished "
-            f"(status {' or '.join(map(str, UNFINISHED))}) is continued. To train more from its "
-            f"checkpoint, start a new run: ckpt_path={run_dir / LAST}."
+            f"(status {', '.join(map(str, UNFINISHED))} or failed) is continued. To train more "
+            f"from its checkpoint, start a new run: ckpt_path={run_dir / LAST}."
         )
     checkpoint = resume_checkpoint(run_dir, cfg.get("resume_fallback", True))
     if checkpoint is None:
@@ -297,7 +294,8 @@ def _resume_dir(cfg: DictConfig, run_dir: Path, fresh: Path, overrides: list[str
     _take_overrides(stored, cfg, [o for o in overrides if not o.startswith("resume=")], run_dir)
     with open_dict(stored):
         stored.resume_fallback = cfg.get("resume_fallback", True)
-    return _continue(stored, run_dir, earlier, fresh)
+    action = RETRY if earlier.status == Status.FAILED else CONTINUE
+    return _continue(stored, run_dir, earlier, fresh, action)
 
 
 def _in_place(cfg: DictConfig, run_dir: Path, record: RunRecord, config_hash: str) -> Plan:
