@@ -383,3 +383,27 @@ def test_a_full_disk_fails_the_run_keeps_last_ckpt_and_a_rerun_retries_it(tmp_pa
         results = read_results(job)
         assert results["status"] == "completed" and results["epochs"] == 2
         assert results["resumed"] == [{"status": "failed", "error": error}]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
+    """Two cnnlab-train -m with one sweep dir, started together: each job dir's lock lets one
+    of them train it; the other leaves it (busy) and goes on to the next job, or finds it
+    completed. Each summary tells what its own call did."""
+    args = ["-m", *SMALL, "trainer.max_epochs=1", "seed=0,1", "hydra.sweep.dir=outputs/shared"]
+    procs = [start_cli(args, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    jobs = [tmp_path / "outputs" / "shared" / str(i) for i in range(2)]
+    for job in jobs:
+        assert read_results(job)["status"] == "completed", outs
+        # Both processes log into the job's train.log; only one of them trained it.
+        assert (job / "train.log").read_text().count("`Trainer.fit` stopped") == 1, outs
+    # A process that left a job to the other exits 1 if that job was still running at its end
+    # (its sweep had not completed), 0 otherwise; no summary calls a job it trained skipped.
+    assert all(p.returncode in (0, 1) for p in procs), outs
+    assert "ERROR" not in "".join(outs)
+    for out in outs:
+        for i, job in enumerate(jobs):
+            if f"run_dir: {job}\n" in out:  # the table this process printed after training it
+                assert f"job   {i} completed" in out, out

@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 FOLLOW_TIMEOUT_S = 600.0
 # How long a search for earlier runs waits for another process's search of the same config.
 CONFIG_LOCK_WAIT_S = 120.0
+# The id of the sweep call a job belongs to, set by the sweep's summary callback in the launching
+# process and inherited by the jobs' processes: a summary reads only its own call's decisions,
+# never those of another process working on the same sweep dir.
+SWEEP_CALL_ENV = "CNNLAB_SWEEP_CALL"
 # What a call does with its job (Plan.action).
 TRAIN, CONTINUE, RETRY, SKIP, BUSY, REFUSED = (
     "train",
@@ -490,6 +494,7 @@ def start(cfg: DictConfig) -> Plan:
                 failed["error"] = str(e)
                 failed.write(fresh)
             decision = {"action": REFUSED, "error": str(e), "launch": launch_id()}
+            decision["call"] = os.environ.get(SWEEP_CALL_ENV)
             write_json(fresh / DECISION_FILE, decision)
         raise
     finally:
@@ -507,7 +512,7 @@ def _record_start(job: Plan, fresh: Path) -> None:
         return  # the dir is another process's: its decision stands
     same_as = None if job.same_as is None else str(job.same_as)
     decision = {"run_dir": str(job.run_dir), "checkpoint": job.checkpoint, "same_as": same_as}
-    decision.update(action=job.action, launch=launch_id())
+    decision.update(action=job.action, launch=launch_id(), call=os.environ.get(SWEEP_CALL_ENV))
     write_json(fresh / DECISION_FILE, decision)
     if job.action == SKIP:
         return

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab.config.job import in_multirun
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import write_json
-from cnnlab.runs.planning import REFUSED, SKIP, read_decision
+from cnnlab.runs.planning import REFUSED, SKIP, SWEEP_CALL_ENV, read_decision
 from cnnlab.runs.record import RunRecord, Status
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,14 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     )
 
 
-def read_job(job_dir: Path) -> dict[str, Any]:
-    """A job's results.json as the latest call left it: ``status: missing`` if the job never got
-    to write one, ``skipped`` if the call found it completed in its own dir, ``failed`` if the
-    call refused it (its dir holds another config's run, which stays as it was)."""
+def read_job(job_dir: Path, call: str | None = None) -> dict[str, Any]:
+    """A job's results.json: ``status: missing`` if the job never got to write one; in the sweep
+    call ``call``, ``skipped`` if the call found it completed in its own dir and ``failed`` if
+    the call refused it (its dir holds another config's run, which stays as it was)."""
     record = RunRecord.read(job_dir) or RunRecord(status=Status.MISSING.value, run_dir=str(job_dir))
     decision = read_decision(job_dir)
+    if call is None or decision.get("call") != call:
+        return record
     if decision.get("action") == REFUSED:
         return {**record, "status": Status.FAILED.value, "error": decision["error"]}
     same_as = decision.get("same_as")
@@ -109,11 +112,12 @@ def _overrides(job_dir: Path) -> str:
     return ",".join(OmegaConf.load(path)) if path.is_file() else ""
 
 
-def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """Every job's status, overrides and scores, and the count of jobs per status."""
+def summarize_sweep(sweep_dir: Path, call: str | None = None) -> dict[str, Any]:
+    """Every job's status, overrides and scores (as sweep call ``call`` left them), and the count
+    of jobs per status."""
     jobs = []
     for job_dir in job_dirs(sweep_dir):
-        results = read_job(job_dir)
+        results = read_job(job_dir, call)
         jobs.append(
             {
                 "job": job_dir.name,
@@ -159,10 +163,11 @@ class SweepSummary(Callback):
         # The sweep dir lies under paths.output_root, which follows ${hydra:runtime.cwd}: the
         # sweeper resolves it before Hydra has set its config, as it does for each job.
         HydraConfig.instance().set_config(config)
+        os.environ[SWEEP_CALL_ENV] = uuid.uuid4().hex
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = summarize_sweep(sweep_dir)
+        summary = summarize_sweep(sweep_dir, os.environ.get(SWEEP_CALL_ENV))
         write_json(sweep_dir / "summary.json", summary)
         print_sweep(summary)
         bad = sum(summary["counts"][s] for s in NOT_DONE)
