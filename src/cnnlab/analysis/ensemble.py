@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.analysis.compare import flatten, load_local
+from cnnlab.analysis.compare import load_local
 from cnnlab.augment.tta import TTA_MODES, tta_probs, views
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.evaluate import data_config
 from cnnlab.inference.loading import Trained, load, load_test_split
+from cnnlab.runs.record import Status, flatten
 
 # Data settings that change how the test split is batched or found, never which images it holds.
 LOADING_KEYS = ("batch_size", "eval_batch_size", "num_workers", "download")
@@ -36,7 +37,7 @@ SETTINGS = ("single", "single_tta", "ensemble", "ensemble_tta")
 def completed_run_dirs(paths: list[Path]) -> list[Path]:
     """The completed runs at or below ``paths``, a skipped run replaced by the run it repeats."""
     runs = load_local(paths)
-    done = [r for r in runs if r.results.get("status") == "completed"]
+    done = [r for r in runs if r.results.get("status") == Status.COMPLETED]
     if not done:
         statuses = ", ".join(sorted({r.status for r in runs}))
         raise CnnlabError(

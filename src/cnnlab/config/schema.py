@@ -268,6 +268,7 @@ def train_schema() -> type:
             ("seed", int, field(default=42)),
             ("name", str, field(default="default")),
             ("resume", Optional[str], field(default=None)),
+            ("resume_fallback", bool, field(default=True)),
             ("ckpt_path", Optional[str], field(default=None)),
             ("skip_completed", bool, field(default=True)),
             ("test", bool, field(default=True)),

@@ -3,8 +3,12 @@ takes up exactly where the interrupted one stopped, and a stop at the first non-
 
 from __future__ import annotations
 
+import errno
 import math
 import random
+import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +25,58 @@ from cnnlab.paths import atomic_write
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``<file>.part`` in the checkpoint's own folder, flushes it to the disk and renames it
-    over the checkpoint: a kill or a power cut during a save leaves the previous file whole.
-    (Lightning's own writer may stage the file in /tmp, and a move across file systems is a copy
-    into the target path.)"""
+    over the checkpoint: a kill, a power cut or a full disk during a save leaves the previous file
+    whole. (Lightning's own writer may stage the file in /tmp, and a move across file systems is a
+    copy into the target path.)"""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)
+        path = Path(path)
+        try:
+            atomic_write(path, lambda f: torch.save(checkpoint, f), fsync=True)
+        except (OSError, RuntimeError) as e:
+            # torch's zip writer reports a full disk as "unexpected pos", without the errno.
+            need, free = tensor_bytes(checkpoint), shutil.disk_usage(path.parent).free
+            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            if not (full or free < need):
+                raise
+            raise CnnlabError(disk_full(path, need, free)) from None
+
+
+def tensor_bytes(tree: Any) -> int:
+    """The bytes of the tensors in a checkpoint: about the size of its file."""
+    if isinstance(tree, torch.Tensor):
+        return tree.nbytes
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def disk_full(path: Path, need: int, free: int) -> str:
+    """The paragraph for a checkpoint save that ran out of space: the disk, the space needed."""
+    mount = path.resolve().parent
+    while not mount.is_mount():
+        mount = mount.parent
+    return (
+        f"The disk filled up while saving {path}: the file system mounted at {mount} has "
+        f"{free / 2**20:.1f} MiB free and the checkpoint needs about {need / 2**20:.1f} MiB. "
+        "The previous checkpoints are whole. Free space there (or move the run dir to a larger "
+        "disk), then continue the run from its last checkpoint with resume=<run dir>; a "
+        "multirun re-run retries the job."
+    )
 
 
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``, rewritten every ``every_n_train_steps`` steps and at the end of every epoch,
     so that a killed run loses at most that many steps. (ModelCheckpoint's own ``save_last``
     writes only when another checkpoint is written, e.g. when the validation accuracy improved.)
+
+    SIGTERM (a scheduler's pre-emption) and a first Ctrl-C stop training at the end of the step
+    in progress, with ``last.ckpt`` written at that step, by raising :class:`Interrupted`. (In
+    place of Lightning's own SIGTERM handling, which stops without a checkpoint and exits 0.) A
+    signal during validation takes effect at the epoch-end save after it; a second Ctrl-C raises
+    KeyboardInterrupt at once.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
@@ -44,11 +88,54 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
+        self._signal: int | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its own handlers (at the start of fit), in the process that
+        # trains; signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._stop_if_signalled(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Skipped when a step-triggered save has just written this very state.
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        if self._signal is None:
+            return
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        name = signal.Signals(self._signal).name
+        print(
+            f"cnnlab: {name} at step {trainer.global_step}: wrote last.ckpt, status interrupted; "
+            "resume=auto (or resume=<run dir>) continues from here.",
+            flush=True,
+        )
+        raise Interrupted(128 + self._signal)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
+
+
+class Interrupted(SystemExit):
+    """Training stopped by a signal, after last.ckpt was written; the process exits with
+    128 + the signal number (143 for SIGTERM, 130 for Ctrl-C), as a process killed by the signal
+    reports, which job scripts and schedulers (SLURM's requeue) read as a killed job."""
 
 
 def rng_states() -> dict[str, Any]:

@@ -19,8 +19,8 @@ from cnnlab.augment.pipeline import changes_images
 from cnnlab.config.job import job_info
 from cnnlab.config.schema import validate
 from cnnlab.errors import CnnlabError
-from cnnlab.paths import RESULTS_FILE, write_json
 from cnnlab.runs import planning as runs
+from cnnlab.runs.record import Status
 from cnnlab.runs.sweep import share_machine
 from cnnlab.tracking.loggers import finish_wandb
 from cnnlab.tracking.reporting import model_cost, print_summary
@@ -155,8 +155,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     lightning_logs_once()
     job = runs.start(cfg)
-    if job.same_as is not None:
+    if job.action == runs.SKIP:
         return runs.skip(job)
+    if job.action == runs.BUSY:
+        return runs.busy(job)
     cfg, run_dir, results = job.config, job.run_dir, job.results
     results.update(job_info())
     trainer = None
@@ -184,24 +186,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
             results.update(module.test_report)
-        results["status"] = "completed"
+        results.status = Status.COMPLETED
     except (KeyboardInterrupt, SystemExit):
-        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
-        results["status"] = "interrupted"
+        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit; so does
+        # cnnlab's SIGTERM handling, after it has saved last.ckpt.
+        results.status = Status.INTERRUPTED
         raise
     except Exception as e:
         user_error = _user_error(e)
-        results.update(status="failed", error=user_error or f"{type(e).__name__}: {e}")
+        results.update(status=Status.FAILED.value, error=user_error or f"{type(e).__name__}: {e}")
         if user_error:
             raise CnnlabError(user_error) from None
         raise
     finally:
-        results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
+        results["wall_time_s"] = job.earlier.wall_time_s + time.perf_counter() - start
         if not job.follower and (trainer is None or trainer.global_rank == 0):
-            write_json(run_dir / RESULTS_FILE, results)
+            results.write(run_dir)
             runs.finish(job, results)
+        job.release()
         if trainer is not None and trainer.global_rank == 0:
             # A run that never got to train ends with its error message alone.
             print_summary(results)
-        finish_wandb(0 if results["status"] == "completed" else 1)
+        finish_wandb(0 if results.status == Status.COMPLETED else 1)
     return results
