@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab import ablation
+from cnnlab.analysis import ablation
 from cnnlab.analysis.compare import Group, Run
 from conftest import needs_fmnist, read_results
 

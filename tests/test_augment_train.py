@@ -73,7 +73,7 @@ def test_damaged_image_folder_trains_and_lists_skipped_files(compose_cfg, messy_
 def test_show_aug_writes_a_png_grid(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnlab.augment.preview import main
+    from cnnlab.cli.show_aug import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-show-aug", "augmentation=[alexnet,cutmix]",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab import compare
+from cnnlab.cli import compare
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 # Two epochs of two steps of LeNet-5 on 100 training images, tested on 200 images.
