@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
-from cnnlab.augment.tta import TTA_MODES
+from cnnlab.augment.tta import CHOICES
 from cnnlab.cli.common import command
+from cnnlab.config.schema import TTAMode
 from cnnlab.paths import write_json
 
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "TTA, the ensemble of the runs (softmax averaged) and the ensemble with TTA.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs or multirun dirs")
-    modes = [m for m in TTA_MODES if m != "none"]
+    modes = [m for m in CHOICES if m != TTAMode.none.value]
     parser.add_argument("--tta", default="ten_crop", choices=modes, help="default ten_crop")
     parser.add_argument("--out", type=Path, help="where to write (default: <first path>/ensemble)")
     parser.add_argument(

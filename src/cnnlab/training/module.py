@@ -15,8 +15,8 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
-from cnnlab.augment.tta import TTA_MODES, tta_probs
-from cnnlab.config.schema import SchedulerName
+from cnnlab.augment.tta import tta_mode, tta_probs
+from cnnlab.config.schema import SchedulerName, TTAMode
 from cnnlab.errors import CnnlabError
 from cnnlab.optim.factory import build_optimizer, build_scheduler
 
@@ -57,15 +57,13 @@ class ClassificationModule(L.LightningModule):
         compile: bool = False,
         augmentation: nn.Module | None = None,
         class_names: list[str] | None = None,
-        tta: str = "none",
+        tta: str | TTAMode = TTAMode.none,
     ) -> None:
         super().__init__()
         self.model = model
         self.preprocess = Preprocess(channels, image_size)
         self.augmentation = as_augmentation(augmentation)
-        if tta not in TTA_MODES:
-            raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
-        self.tta = tta
+        self.tta = tta_mode(tta)
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
@@ -157,7 +155,7 @@ class ClassificationModule(L.LightningModule):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
-        if self.tta != "none":
+        if self.tta is not TTAMode.none:
             self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
             self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)
         if self.top5:
