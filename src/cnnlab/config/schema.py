@@ -67,7 +67,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: SchedulerName = SchedulerName.cosine
+    name: SchedulerName = SchedulerName.onecycle
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     step_epochs: int = 30
@@ -81,7 +81,7 @@ class SchedulerConfig:
 class ModuleConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
 
 
@@ -259,6 +259,11 @@ def _composable_trainer_schema() -> type:
     return dataclasses.make_dataclass("TrainerArguments", keep)
 
 
+# Each default here is conf/train.yaml's (tests/test_defaults.py holds them equal): the YAML is
+# what users get, and a config composed without one of its groups must not train otherwise.
+DEFAULT_NAME = "${hydra:runtime.choices.model}-${hydra:runtime.choices.data}"
+
+
 @functools.cache
 def train_schema() -> type:
     trainer = _composable_trainer_schema()
@@ -266,7 +271,7 @@ def train_schema() -> type:
         "TrainConfig",
         [
             ("seed", int, field(default=42)),
-            ("name", str, field(default="default")),
+            ("name", str, field(default=DEFAULT_NAME)),
             ("resume", Optional[str], field(default=None)),
             ("ckpt_path", Optional[str], field(default=None)),
             ("skip_completed", bool, field(default=True)),
