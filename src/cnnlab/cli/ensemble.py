@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
 from cnnlab.augment.tta import CHOICES
-from cnnlab.cli.common import command
+from cnnlab.cli.common import command, print_written
 from cnnlab.config.schema import TTAMode
 from cnnlab.paths import write_json
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "ensemble.json", report)
     (out / "ensemble.md").write_text(table)
     print(table, end="")
-    print(f"wrote {out}/ensemble.json and ensemble.md")
+    print_written(out / "ensemble.json", out / "ensemble.md")
     return 0
 
 

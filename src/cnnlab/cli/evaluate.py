@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnlab.augment.tta import CHOICES, tta_mode
-from cnnlab.cli.common import add_common_arguments, command
+from cnnlab.cli.common import add_common_arguments, command, print_written
 from cnnlab.config.schema import TTAMode
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.evaluate import data_config, evaluate
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{trained.run_dir.name}: top-1 {report['test_acc']:.4f}"
     fig = confusion_figure(report["confusion_matrix"], report["class_names"], title)
     fig.savefig(png_path, dpi=120)
-    print(f"wrote {json_path} and {png_path}")
+    print_written(json_path, png_path)
     return 0
 
 
