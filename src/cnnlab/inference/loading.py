@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from hydra.utils import instantiate
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.augment.tta import tta_mode, tta_probs
 from cnnlab.config.schema import TTAMode
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.checkpoints import find_checkpoint, read_checkpoint
 from cnnlab.training.module import ClassificationModule, plain_state_dict
@@ -85,14 +85,10 @@ def rebuild(config: DictConfig, class_names: list[str]) -> ClassificationModule:
         if key in model_cfg:
             model_cfg[key] = off
     data = config.data
-    shape = SimpleNamespace(
-        num_classes=data.num_classes,
-        channels=data.channels,
-        image_size=data.image_size,
-        class_names=class_names,
-    )
+    # The statistics come with the checkpoint's weights, in the preprocessing's buffers.
+    spec = DataSpec(data.num_classes, data.channels, data.image_size, tuple(class_names))
     try:
-        return build_module(config, shape, load_weights=False)
+        return build_module(config, spec, load_weights=False)
     except CnnlabError:
         raise
     except Exception as e:

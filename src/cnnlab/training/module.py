@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -17,8 +19,10 @@ from torchmetrics.classification import (
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
 from cnnlab.augment.tta import tta_mode, tta_probs
 from cnnlab.config.schema import SchedulerName, TTAMode
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.optim.factory import build_optimizer, build_scheduler
+from cnnlab.transfer.feature_cache import FeatureCache
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -46,9 +50,7 @@ class ClassificationModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        num_classes: int,
-        channels: int,
-        image_size: int,
+        data: DataSpec,
         optimizer: DictConfig,
         scheduler: DictConfig,
         label_smoothing: float = 0.0,
@@ -56,19 +58,29 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         augmentation: nn.Module | None = None,
-        class_names: list[str] | None = None,
         tta: str | TTAMode = TTAMode.none,
+        callbacks: Sequence[L.Callback] = (),
+        lr_scales: Mapping[str, float] | None = None,
+        feature_cache: FeatureCache | None = None,
+        run_config: dict | None = None,
     ) -> None:
+        """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
+        transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
+        resolved config, goes into every checkpoint, which the trained-model commands rebuild
+        the run from."""
         super().__init__()
         self.model = model
-        self.preprocess = Preprocess(channels, image_size)
+        num_classes = data.num_classes
+        self.preprocess = Preprocess(data.channels, data.image_size)
+        if data.mean:
+            self.preprocess.set_stats(data.mean, data.std)
         self.augmentation = as_augmentation(augmentation)
         self.tta = tta_mode(tta)
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
         self.num_classes = num_classes
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.class_names = list(data.class_names) or [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -82,10 +94,10 @@ class ClassificationModule(L.LightningModule):
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
-        # Set by the transfer strategy (cnnlab.transfer.strategies): its callbacks, and while
-        # fitting with transfer.cache_features, the cache that stands in for the frozen backbone.
-        self.transfer_callbacks: list[L.Callback] = []
-        self.feature_cache = None
+        self.transfer_callbacks = list(callbacks)
+        self.lr_scales = dict(lr_scales or {})
+        self.feature_cache = feature_cache
+        self.run_config = run_config
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -96,8 +108,10 @@ class ClassificationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and stage == "fit":
-            self.preprocess.set_stats(datamodule.mean, datamodule.std)
-            self.class_names = list(datamodule.class_names) or self.class_names
+            # Set up now, the data module knows its training split's statistics.
+            data = DataSpec.of(datamodule)
+            self.preprocess.set_stats(data.mean, data.std)
+            self.class_names = list(data.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -111,7 +125,8 @@ class ClassificationModule(L.LightningModule):
         return x, y
 
     def run_model(self, x: torch.Tensor):
-        return self.model(x) if self.feature_cache is None else self.feature_cache(x)
+        cache = self.feature_cache
+        return cache(x) if cache is not None and cache.active else self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return split_outputs(self.run_model(x))[0]
@@ -176,7 +191,7 @@ class ClassificationModule(L.LightningModule):
         return self.transfer_callbacks
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_cfg)
+        optimizer = build_optimizer(self.model, self.optimizer_cfg, self.lr_scales)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
@@ -216,5 +231,5 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {
             "class_names": self.class_names,
-            "config": getattr(self, "run_config", None),
+            "config": self.run_config,
         }
