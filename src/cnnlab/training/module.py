@@ -22,6 +22,7 @@ from cnnlab.config.schema import SchedulerName, TTAMode
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.optim.factory import build_optimizer, build_scheduler
+from cnnlab.training.compat import attached_trainer, logs_this_step
 from cnnlab.transfer.feature_cache import FeatureCache
 
 
@@ -143,7 +144,8 @@ class ClassificationModule(L.LightningModule):
         self.train_loss.update(loss.detach())
         # self.log costs about a millisecond of Python per call, a lot next to a small model's
         # step: log the step loss only on the steps the loggers write.
-        if self._trainer is not None and self._trainer._logger_connector.should_update_logs:
+        trainer = attached_trainer(self)
+        if trainer is not None and logs_this_step(trainer):
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
