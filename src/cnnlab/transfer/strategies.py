@@ -123,7 +123,7 @@ def cut(model: nn.Module, cut_at: str, num_classes: int, channels: int, image_si
         names = [n for n, _ in parent.named_children()]
         for later in names[names.index(parts[depth - 1]) + 1 :]:
             if isinstance(parent, nn.Sequential):
-                del parent._modules[later]
+                delattr(parent, later)
             elif later != head and _has_params(getattr(parent, later)):
                 # Keeps the model's own forward: the dropped stage passes its input on.
                 setattr(parent, later, nn.Identity())
