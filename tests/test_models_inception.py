@@ -13,6 +13,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from cnnlab.config.schema import OptimizerConfig, SchedulerConfig
+from cnnlab.data.spec import DataSpec
 from cnnlab.models.googlenet import GOOGLENET_TABLE, GoogLeNet, Inception
 from cnnlab.models.inception_v3 import InceptionV3
 from cnnlab.models.se import SqueezeExcitation
@@ -314,9 +315,7 @@ def test_inception_v3_outputs():
 def classification_module(model: nn.Module, weight: float, channels: int, size: int):
     return ClassificationModule(
         model,
-        num_classes=10,
-        channels=channels,
-        image_size=size,
+        DataSpec(num_classes=10, channels=channels, image_size=size),
         optimizer=OmegaConf.structured(OptimizerConfig),
         scheduler=OmegaConf.structured(SchedulerConfig),
         aux_loss_weight=weight,

@@ -81,7 +81,7 @@ def test_eval_with_flip_tta_and_other_data(run_dir, eval_report, image_tree, cap
     assert evaluate.main([str(run_dir), "--device", "cpu", *overrides]) == 2
     assert "3 classes but the model" in capsys.readouterr().err
     trained = load(run_dir, "cpu")
-    flipped = evaluation.evaluate(trained, load_test_split(trained.config), flip=True)
+    flipped = evaluation.evaluate(trained, load_test_split(trained.config), tta="hflip")
     assert flipped["predictions"] != eval_report["predictions"]
 
 

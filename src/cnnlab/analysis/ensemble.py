@@ -23,7 +23,8 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnlab.analysis.compare import load_local
-from cnnlab.augment.tta import TTA_MODES, tta_probs, views
+from cnnlab.augment.tta import tta_mode, views
+from cnnlab.config.schema import TTAMode
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.evaluate import data_config
 from cnnlab.inference.loading import Trained, load, load_test_split
@@ -112,12 +113,6 @@ def check_compatible(members: list[Trained], batch_size: int | None):
     return datamodule
 
 
-def member_probs(trained: Trained, images: torch.Tensor, tta: str) -> torch.Tensor:
-    """Softmax probabilities of uint8 images, averaged over the views of ``tta``."""
-    with trained.autocast():
-        return tta_probs(trained.module, trained.inputs(images), tta)
-
-
 def timed(device: torch.device, compute: Callable, *args) -> tuple[torch.Tensor, float]:
     """``compute(*args)`` and the seconds it took, the device's queued work included."""
     start = time.perf_counter()
@@ -135,7 +130,7 @@ def predict(
     device = members[0].device
     probs, seconds = [], []
     for member in members:
-        p, s = timed(device, member_probs, member, images, tta)
+        p, s = timed(device, member.probs, images, tta)
         probs.append(p)
         seconds.append(s)
     stacked = torch.stack(probs)
@@ -172,11 +167,13 @@ def ensemble(
 ) -> dict:
     """Test accuracy and inference time of one model, one model with ``tta``, the ensemble of
     the runs ``run_dirs`` and the ensemble with ``tta``, on their common test split."""
-    if tta not in TTA_MODES or tta == "none":
+    mode = tta_mode(tta, "--tta")
+    if mode is TTAMode.none:
         raise CnnlabError(
-            f"--tta {tta}: expected a multi-view mode of cnnlab.augment.tta: "
-            f"{', '.join(m for m in TTA_MODES if m != 'none')}."
+            "--tta none: expected a multi-view mode of cnnlab.augment.tta: "
+            f"{', '.join(m.value for m in TTAMode if m is not TTAMode.none)}."
         )
+    tta = mode.value
     if repeats < 1:
         raise CnnlabError(f"--repeats {repeats}: expected 1 or more passes to time.")
     members = [load(d, device) for d in run_dirs]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.analysis.compare import compare, load_local, load_wandb
-from cnnlab.cli.common import command
+from cnnlab.cli.common import command, print_written
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (args.paths[0] / "comparison" if len(args.paths) == 1 else Path("comparison"))
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     print(compare(runs, by, args.metric, out), end="")
-    print(f"wrote {out}/comparison.md, comparison.csv and plots")
+    print_written(out / "comparison.md", out / "comparison.csv", *sorted(out.glob("*.png")))
     return 0
 
 

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
-from cnnlab.augment.tta import TTA_MODES
-from cnnlab.cli.common import command
+from cnnlab.augment.tta import CHOICES
+from cnnlab.cli.common import command, print_written
+from cnnlab.config.schema import TTAMode
 from cnnlab.paths import write_json
 
 
@@ -25,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "TTA, the ensemble of the runs (softmax averaged) and the ensemble with TTA.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs or multirun dirs")
-    modes = [m for m in TTA_MODES if m != "none"]
+    modes = [m for m in CHOICES if m != TTAMode.none.value]
     parser.add_argument("--tta", default="ten_crop", choices=modes, help="default ten_crop")
     parser.add_argument("--out", type=Path, help="where to write (default: <first path>/ensemble)")
     parser.add_argument(
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "ensemble.json", report)
     (out / "ensemble.md").write_text(table)
     print(table, end="")
-    print(f"wrote {out}/ensemble.json and ensemble.md")
+    print_written(out / "ensemble.json", out / "ensemble.md")
     return 0
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
+from cnnlab.cli.common import exit_with
 from cnnlab.config.job import in_multirun
 from cnnlab.config.schema import register
 from cnnlab.errors import CnnlabError
@@ -29,8 +28,7 @@ def main(cfg: DictConfig) -> float | None:
             job_failed(e)  # recorded in the job's run dir; the other jobs go on
             return None
         if isinstance(e, CnnlabError):
-            print(f"cnnlab: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            exit_with(e)
         raise
     return results.get("best_val_acc")
 

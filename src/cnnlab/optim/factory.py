@@ -36,15 +36,13 @@ def parameter_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    # Transfer strategies leave per-parameter learning-rate scales on the model
-    # (cnnlab.transfer.strategies).
+def build_optimizer(
+    model: nn.Module, cfg: DictConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` over the trainable parameters of ``model``; ``lr_scales``: the
+    learning-rate factors of a transfer strategy (cnnlab.transfer.strategies.TransferPlan)."""
     groups = parameter_groups(
-        model.named_parameters(),
-        cfg.weight_decay,
-        cfg.decay_norm_and_bias,
-        cfg.lr,
-        getattr(model, "lr_scales", None),
+        model.named_parameters(), cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, lr_scales
     )
     if OptimizerName(cfg.name) is OptimizerName.sgd:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

@@ -17,10 +17,17 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torchmetrics import Metric
 
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import atomic_write
+from cnnlab.training.compat import (
+    add_logged_sums,
+    logged_sums,
+    metric_states,
+    restore_loader_position,
+    restore_metric_states,
+    save_last_checkpoint,
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -109,15 +116,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Skipped when a step-triggered save has just written this very state.
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
         self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:
         if self._signal is None:
             return
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
         name = signal.Signals(self._signal).name
         print(
             f"cnnlab: {name} at step {trainer.global_step}: wrote last.ckpt, status interrupted; "
@@ -175,55 +180,33 @@ class ExactResume(L.Callback):
         # 100 steps), and a resumed run's logs continue them without a gap.
         for logger in trainer.loggers:
             logger.save()
-        logged = trainer.fit_loop.epoch_loop._results
         checkpoint["exact_resume"] = {
             "rng": rng_states(),
-            "sums": {k: dict(r.metric_state) for k, r in logged.items() if r.is_tensor},
-            "metrics": {
-                name: {**m.metric_state, "_update_count": m._update_count}
-                for name, m in pl_module.named_modules()
-                if isinstance(m, Metric) and m._update_count
-            },
+            "sums": logged_sums(trainer),
+            "metrics": metric_states(pl_module),
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._saved = checkpoint.get("exact_resume")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning hands the loader its saved position only when it makes the training loader
-        # after restoring the checkpoint; configure_optimizers' estimated_stepping_batches makes
-        # it before. Loading here, before the first batch is drawn, works in either order.
-        trainer.fit_loop._load_combined_loader_states()
+        # Here, before the first batch is drawn, whenever Lightning made the training loader.
+        restore_loader_position(trainer)
         if self._saved is None:
             return
         # Restored here, as the first batch is about to be drawn: restoring the checkpoint comes
         # before steps (building the optimizer, the sanity check) that may draw numbers too.
         set_rng_states(self._saved["rng"])
-        modules = dict(pl_module.named_modules())
-        for name, state in self._saved["metrics"].items():
-            for key, value in state.items():
-                setattr(modules[name], key, value)
+        restore_metric_states(pl_module, self._saved["metrics"])
         self._sums = self._saved["sums"]
         self._saved = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Lightning makes the logged values' accumulators at their first log call, so the sums
         # from before the interruption are added after the first batch of the resumed run.
-        if not self._sums:
-            return
-        logged = trainer.fit_loop.epoch_loop._results
-        for key, saved in self._sums.items():
-            if key not in logged:
-                continue
-            result = logged[key]
-            if result.meta.is_max_reduction:
-                result.value = torch.maximum(result.value, saved["value"])
-            elif result.meta.is_min_reduction:
-                result.value = torch.minimum(result.value, saved["value"])
-            else:
-                for name, value in saved.items():
-                    setattr(result, name, getattr(result, name) + value.to(result.value.device))
-        self._sums = {}
+        if self._sums:
+            add_logged_sums(trainer, self._sums)
+            self._sums = {}
 
 
 class StopOnNonFiniteLoss(L.Callback):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,13 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
-from cnnlab.augment.tta import TTA_MODES, tta_probs
-from cnnlab.config.schema import SchedulerName
+from cnnlab.augment.tta import tta_mode, tta_probs
+from cnnlab.config.schema import SchedulerName, TTAMode
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.optim.factory import build_optimizer, build_scheduler
+from cnnlab.training.compat import attached_trainer, logs_this_step
+from cnnlab.transfer.feature_cache import FeatureCache
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -46,9 +51,7 @@ class ClassificationModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        num_classes: int,
-        channels: int,
-        image_size: int,
+        data: DataSpec,
         optimizer: DictConfig,
         scheduler: DictConfig,
         label_smoothing: float = 0.0,
@@ -56,21 +59,29 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         augmentation: nn.Module | None = None,
-        class_names: list[str] | None = None,
-        tta: str = "none",
+        tta: str | TTAMode = TTAMode.none,
+        callbacks: Sequence[L.Callback] = (),
+        lr_scales: Mapping[str, float] | None = None,
+        feature_cache: FeatureCache | None = None,
+        run_config: dict | None = None,
     ) -> None:
+        """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
+        transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
+        resolved config, goes into every checkpoint, which the trained-model commands rebuild
+        the run from."""
         super().__init__()
         self.model = model
-        self.preprocess = Preprocess(channels, image_size)
+        num_classes = data.num_classes
+        self.preprocess = Preprocess(data.channels, data.image_size)
+        if data.mean:
+            self.preprocess.set_stats(data.mean, data.std)
         self.augmentation = as_augmentation(augmentation)
-        if tta not in TTA_MODES:
-            raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
-        self.tta = tta
+        self.tta = tta_mode(tta)
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
         self.num_classes = num_classes
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.class_names = list(data.class_names) or [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -84,10 +95,10 @@ class ClassificationModule(L.LightningModule):
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
-        # Set by the transfer strategy (cnnlab.transfer.strategies): its callbacks, and while
-        # fitting with transfer.cache_features, the cache that stands in for the frozen backbone.
-        self.transfer_callbacks: list[L.Callback] = []
-        self.feature_cache = None
+        self.transfer_callbacks = list(callbacks)
+        self.lr_scales = dict(lr_scales or {})
+        self.feature_cache = feature_cache
+        self.run_config = run_config
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -98,8 +109,10 @@ class ClassificationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and stage == "fit":
-            self.preprocess.set_stats(datamodule.mean, datamodule.std)
-            self.class_names = list(datamodule.class_names) or self.class_names
+            # Set up now, the data module knows its training split's statistics.
+            data = DataSpec.of(datamodule)
+            self.preprocess.set_stats(data.mean, data.std)
+            self.class_names = list(data.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -113,7 +126,8 @@ class ClassificationModule(L.LightningModule):
         return x, y
 
     def run_model(self, x: torch.Tensor):
-        return self.model(x) if self.feature_cache is None else self.feature_cache(x)
+        cache = self.feature_cache
+        return cache(x) if cache is not None and cache.active else self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return split_outputs(self.run_model(x))[0]
@@ -130,7 +144,8 @@ class ClassificationModule(L.LightningModule):
         self.train_loss.update(loss.detach())
         # self.log costs about a millisecond of Python per call, a lot next to a small model's
         # step: log the step loss only on the steps the loggers write.
-        if self._trainer is not None and self._trainer._logger_connector.should_update_logs:
+        trainer = attached_trainer(self)
+        if trainer is not None and logs_this_step(trainer):
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -157,7 +172,7 @@ class ClassificationModule(L.LightningModule):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
-        if self.tta != "none":
+        if self.tta is not TTAMode.none:
             self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
             self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)
         if self.top5:
@@ -178,7 +193,7 @@ class ClassificationModule(L.LightningModule):
         return self.transfer_callbacks
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_cfg)
+        optimizer = build_optimizer(self.model, self.optimizer_cfg, self.lr_scales)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
@@ -218,5 +233,5 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {
             "class_names": self.class_names,
-            "config": getattr(self, "run_config", None),
+            "config": self.run_config,
         }

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.augment.pipeline import changes_images
 from cnnlab.config.job import job_info
 from cnnlab.config.schema import validate
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import planning as runs
 from cnnlab.runs.record import Status
@@ -79,35 +80,34 @@ def single_device(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer:
     )
 
 
-def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> ClassificationModule:
-    """The LightningModule of ``cfg``; ``load_weights=False`` leaves the transfer strategy's
-    weights out (a checkpoint will fill the model)."""
+def build_module(
+    cfg: DictConfig, data: DataSpec, load_weights: bool = True
+) -> ClassificationModule:
+    """The LightningModule of ``cfg`` for data described by ``data``; ``load_weights=False``
+    leaves the transfer strategy's weights out (a checkpoint will fill the model)."""
     model = instantiate(cfg.model)
     augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
-    callbacks = prepare_transfer(
+    plan = prepare_transfer(
         model,
         cfg.transfer,
-        datamodule.num_classes,
-        datamodule.channels,
-        datamodule.image_size,
+        data,
+        cfg.optimizer,
         augmented=changes_images(augmentation),
         load=load_weights,
     )
-    module = ClassificationModule(
+    return ClassificationModule(
         model=model,
-        num_classes=datamodule.num_classes,
-        channels=datamodule.channels,
-        image_size=datamodule.image_size,
+        data=data,
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
         augmentation=augmentation,
-        class_names=datamodule.class_names,
         tta=cfg.eval.tta,
+        callbacks=plan.callbacks,
+        lr_scales=plan.lr_scales,
+        feature_cache=plan.feature_cache,
+        run_config=OmegaConf.to_container(cfg),
         **cfg.module,
     )
-    module.run_config = OmegaConf.to_container(cfg)
-    module.transfer_callbacks = callbacks
-    return module
 
 
 def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
@@ -167,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(share_machine(cfg))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
-        module = build_module(cfg, datamodule)
+        module = build_module(cfg, DataSpec.of(datamodule))
         results.update(model_cost(module))
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
