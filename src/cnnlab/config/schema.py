@@ -83,6 +83,7 @@ class ModuleConfig:
     aux_loss_weight: float = 0.3
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
 
 
 @dataclass
