@@ -3,7 +3,8 @@
 Three commands run interleaved ``--repeats`` times in fresh processes: ``--cfg job`` (compose and
 print the config), ``--help``, and the default experiment up to its first training step: the
 time from starting the process to the progress line of step 1 (``every_n_steps=1``), when the
-process is killed. Prints the median and spread of each.
+process is killed. Prints the median and spread of the wall time and the median CPU time of
+each.
 
 ``--src DIR`` (repeatable) times the source trees of other checkouts, with their own conf/,
 interleaved with each other (the first is the baseline of the ratios), e.g. before and after a
@@ -41,26 +42,30 @@ COMMANDS = {
 STEP_LINE = "epoch 0 step 1/"
 
 
-def timed(src: Path, argv: list[str], cwd: str, until: str | None = None) -> float:
-    """Seconds from starting ``cnnlab-train ARGV`` of the tree ``src`` to its exit, or to its
-    first line that starts with ``until``."""
+def timed(src: Path, argv: list[str], cwd: str, until: str | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds from starting ``cnnlab-train ARGV`` of the tree ``src`` to its exit, or
+    to its first line that starts with ``until``. CPU time (user + system, all threads) varies
+    less than wall time on a machine that others load."""
     env = {**os.environ, "PYTHONPATH": str(src / "src"), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "cnnlab.cli.train", *argv]
     start = time.perf_counter()
     proc = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    seen = []
+    seen, wall = [], None
     for line in proc.stdout:
         seen.append(line)
         if until is not None and line.startswith(until):
-            elapsed = time.perf_counter() - start
+            wall = time.perf_counter() - start
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return elapsed
-    if proc.wait() != 0 or until is not None:
-        raise SystemExit(f"{' '.join(command)} in {src} failed:\n{''.join(seen[-40:])}")
-    return time.perf_counter() - start
+            break
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if wall is None:
+        if until is not None or proc.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} in {src} failed:\n{''.join(seen[-40:])}")
+        wall = time.perf_counter() - start
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -76,15 +81,25 @@ def main() -> None:
                 for tree in trees:
                     until = STEP_LINE if name == FIRST_STEP else None
                     times[tree, name].append(timed(tree, argv, cwd, until))
+    median = statistics.median
     for name in COMMANDS:
-        baseline = statistics.median(times[trees[0], name])
+        base = times[trees[0], name]
         for tree in trees:
-            values = times[tree, name]
-            median = statistics.median(values)
-            ratio = f", {median / baseline:.2f}x the first" if len(trees) > 1 else ""
+            runs = times[tree, name]
+            wall, cpu = [w for w, _ in runs], [c for _, c in runs]
+            # Ratios within each round, which ran the trees back to back: the load of the machine
+            # changes less within a round than between rounds.
+            ratios = (
+                f"; per-round ratio to the first: wall "
+                f"{median(w / b for (w, _), (b, _) in zip(runs, base, strict=True)):.2f}x, CPU "
+                f"{median(c / b for (_, c), (_, b) in zip(runs, base, strict=True)):.2f}x"
+                if tree != trees[0]
+                else ""
+            )
             print(
-                f"cnnlab-train {name} [{tree}]: median {median:.2f} s "
-                f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)}{ratio})"
+                f"cnnlab-train {name} [{tree}]: wall median {median(wall):.2f} s "
+                f"(min {min(wall):.2f}, max {max(wall):.2f}), CPU median {median(cpu):.2f} s, "
+                f"n={len(runs)}{ratios}"
             )
 
 
