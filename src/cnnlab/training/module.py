@@ -76,7 +76,7 @@ class ClassificationModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        # No NaN check: torchmetrics' reads the tensor on the host (a sync every step), and a NaN
+        # No NaN check: torchmetrics' check reads the loss on the host (a sync every step); a NaN
         # loss should show in the epoch mean; StopOnNonFiniteLoss ends such a run.
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
