@@ -82,6 +82,7 @@ class ModuleConfig:
     aux_loss_weight: float = 0.3
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
 
 
 @dataclass

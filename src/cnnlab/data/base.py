@@ -133,18 +133,18 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
     return sorted(keep), sorted(held)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units."""
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].double().div_(255).transpose(0, 1).flatten(1)
-        total += x.sum(1)
-        total_sq += x.square().sum(1)
-    count = images.numel() / channels
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units.
+
+    From each channel's histogram of the 256 values: exact, and an order of magnitude faster than
+    summing the pixels as floats, which took 1.5 s of a Fashion-MNIST run's start-up."""
+    counts = torch.stack(
+        [torch.bincount(images[:, c].flatten(), minlength=256) for c in range(images.shape[1])]
+    ).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    count = counts.sum(1)
+    mean = counts @ values / count
+    std = (counts @ values.square() / count - mean.square()).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
 
 

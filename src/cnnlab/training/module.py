@@ -25,6 +25,9 @@ from cnnlab.optim.factory import build_optimizer, build_scheduler
 from cnnlab.training.compat import attached_trainer, logs_this_step
 from cnnlab.transfer.feature_cache import FeatureCache
 
+# torch.compile's modes: it checks the name only when the model first runs, deep in a step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(main logits, auxiliary logits): a model with auxiliary classifiers (GoogLeNet, Inception v3)
@@ -58,6 +61,7 @@ class ClassificationModule(L.LightningModule):
         aux_loss_weight: float = 0.3,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str = "default",
         augmentation: nn.Module | None = None,
         tta: str | TTAMode = TTAMode.none,
         callbacks: Sequence[L.Callback] = (),
@@ -83,7 +87,9 @@ class ClassificationModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(data.class_names) or [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric()
+        # No NaN check: torchmetrics' check reads the loss on the host (a sync every step); a NaN
+        # loss should show in the epoch mean; StopOnNonFiniteLoss ends such a run.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
@@ -101,10 +107,15 @@ class ClassificationModule(L.LightningModule):
         self.run_config = run_config
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile_mode not in COMPILE_MODES:
+            raise CnnlabError(
+                f"module.compile_mode={compile_mode!r}: expected one of {', '.join(COMPILE_MODES)} "
+                "(torch.compile's modes; reduce-overhead captures CUDA graphs on a GPU)."
+            )
         if compile:
             # In place: the state dict keeps the plain model's keys (torch.compile(model) would
             # prefix them with _orig_mod.), so checkpoints load with compile on or off.
-            self.model.compile()
+            self.model.compile(mode=compile_mode)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule

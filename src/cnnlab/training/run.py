@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,14 @@ from cnnlab.runs import planning as runs
 from cnnlab.runs.record import Status
 from cnnlab.runs.sweep import share_machine
 from cnnlab.tracking.loggers import finish_wandb
+from cnnlab.tracking.profile import human
 from cnnlab.tracking.reporting import model_cost, print_summary
+from cnnlab.training.console import lightning_logs_once
 from cnnlab.training.faults import AtomicCheckpointIO
 from cnnlab.training.module import ClassificationModule
 from cnnlab.transfer.strategies import prepare as prepare_transfer
 
 log = logging.getLogger(__name__)
-
-# Lightning's advice that does not apply here: in-memory data sets batch by indexing and need no
-# workers, and cnnlab preprocesses in the LightningModule's on_after_batch_transfer on purpose.
-for _message in ("does not have many workers", "overridden `on_after_batch_transfer`", "LeafSpec"):
-    warnings.filterwarnings("ignore", message=f".*{_message}.*")
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
@@ -134,18 +130,6 @@ def _user_error(e: Exception) -> str | None:
     return None
 
 
-def lightning_logs_once() -> None:
-    """The ``lightning`` package gives its logger a console handler of its own and also lets its
-    messages reach the root logger, where Hydra has put a console and a train.log handler: every
-    Lightning message would print twice. Once the root logger has handlers, Lightning's goes."""
-    if not logging.getLogger().handlers:
-        return
-    lightning_logger = logging.getLogger("lightning")
-    for handler in list(lightning_logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            lightning_logger.removeHandler(handler)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as ``cfg`` says; return the results also written to results.json.
 
@@ -169,6 +153,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         module = build_module(cfg, DataSpec.of(datamodule))
         results.update(model_cost(module))
+        size, channels = module.preprocess.image_size, module.preprocess.channels
+        log.info("model: %s MACs per %dx%dx%d image", human(results["macs"]), channels, size, size)
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
         results["epochs"] = runs.epochs_done(trainer, run_dir)
