@@ -53,6 +53,11 @@ def print_report(report: dict) -> None:
         f"test_acc (top-1) {report['test_acc']:.4f}   test_acc_top5 {report['test_acc_top5']:.4f}"
         f"   on {len(report['predictions'])} test images"
     )
+    console.print(
+        "macro (each class alike): "
+        + "   ".join(f"{k} {report[f'test_{k}_macro']:.4f}" for k in ("acc", "precision",
+                                                                    "recall", "f1"))
+    )  # fmt: skip
     names = report["class_names"]
     show_matrix = len(names) <= PRINTED_CLASSES
     # Borderless with narrow gaps: a 10-class matrix fits an 80-column terminal or log.

@@ -83,6 +83,8 @@ class ModuleConfig:
     aux_loss_weight: float = 0.3
     channels_last: bool = False
     compile: bool = False
+    # null, auto (inverse class frequency of the training split) or one weight per class.
+    class_weights: Any = None
 
 
 @dataclass

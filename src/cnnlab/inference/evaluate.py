@@ -13,6 +13,7 @@ from cnnlab.config.schema import register
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import Trained
 from cnnlab.paths import config_dir
+from cnnlab.training.module import macro_metrics
 
 TTA_CHOICES = ("none", "flip")
 
@@ -54,15 +55,17 @@ def evaluate(trained: Trained, datamodule, flip: bool = False) -> dict:
     top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro").to(device)
     per_class = MulticlassAccuracy(n, average=None).to(device)
     confusion = MulticlassConfusionMatrix(n).to(device)
+    macro = {name: metric.to(device) for name, metric in macro_metrics(n).items()}
     predictions = []
     for images, labels in datamodule.test_dataloader():
         logits, labels = trained.logits(images, flip=flip), labels.to(device)
-        for metric in (top1, top5, per_class, confusion):
+        for metric in (top1, top5, per_class, confusion, *macro.values()):
             metric.update(logits, labels)
         predictions += logits.argmax(1).tolist()
     return {
         "test_acc": float(top1.compute()),
         "test_acc_top5": float(top5.compute()),
+        **{f"test_{name}": float(metric.compute()) for name, metric in macro.items()},
         "per_class_acc": dict(zip(trained.class_names, per_class.compute().tolist(), strict=True)),
         "confusion_matrix": confusion.compute().tolist(),
         "class_names": trained.class_names,
