@@ -39,7 +39,7 @@ def convert(img: Image.Image, mode: str) -> Image.Image:
 def decode(data: bytes, channels: int) -> torch.Tensor:
     """The image file ``data`` as uint8 (channels, H, W) at its stored size. Raises one of
     ``DECODE_ERRORS`` for a file that is damaged or no image."""
-    if data[:4].startswith(TORCHVISION_FORMATS):
+    if bytes(data[:4]).startswith(TORCHVISION_FORMATS):
         mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
