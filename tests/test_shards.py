@@ -132,3 +132,37 @@ def test_shards_command_rejects_other_overrides(tmp_path, capsys):
     assert shards_main([str(tmp_path / "o"), "model=lenet5"]) == 2
     assert "cnnlab-shards takes data=<option>" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.heavy
+@needs_fmnist
+def test_sigkilled_shards_run_resumes_bit_exactly(tmp_path):
+    """Random crops in two workers, killed mid-epoch: the resumed run's weights and logs equal
+    an uninterrupted run's."""
+    from test_resume import kill_when_printed, metrics_rows, start_cli, weights
+
+    out = tmp_path / "fm"
+    assert shards_main([str(out), "data=fashion_mnist", "data.samples_per_class=50",
+                        "data.val_size=200", "--workers", "1"]) == 0  # fmt: skip
+    args = ["data=shards", f"data.input_dir={out}", "data.num_classes=10", "data.channels=1",
+            "data.image_size=28", "data.crop_scale=[0.5,1.0]", "data.num_workers=2",
+            "data.batch_size=10", "model=lenet5", "optimizer.lr=0.01", "trainer.max_epochs=2",
+            "trainer.deterministic=true", "callbacks=ema", "test=false",
+            "callbacks.last_checkpoint.every_n_train_steps=15",
+            "callbacks.progress.every_n_steps=5"]  # fmt: skip
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole = start_cli(args, cwd=tmp_path / "whole")
+    killed = start_cli(args, cwd=tmp_path / "killed")
+    kill_when_printed(killed, "epoch 1 step 20/", timeout=900)
+    [run_dir] = run_dirs(tmp_path / "killed")
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 50 < stopped["global_step"] < 100, "not mid-epoch"
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole_out, _ = whole.communicate(timeout=900)
+    assert whole.returncode == 0, whole_out
+    [whole_dir] = run_dirs(tmp_path / "whole")
+    expected, got = weights(whole_dir), weights(run_dir)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert metrics_rows(run_dir) == metrics_rows(whole_dir)

@@ -75,9 +75,10 @@ class ImageFiles(Dataset):
     def paths(self) -> list[Path]:
         return [Path(self.files[i]) for i in range(len(self))]
 
-    def read(self, i: int, geometry: Geometry) -> torch.Tensor:
+    def read(self, i: int, geometry: Geometry, draft: bool = False) -> torch.Tensor:
         with open(self.files[i], "rb") as f:
-            return geometry(decode(f.read(), self.channels))
+            data = f.read()
+        return geometry(decode(data, self.channels, geometry.shortest if draft else None))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -86,7 +87,7 @@ class ImageFiles(Dataset):
             raise CnnlabError(f"Cannot decode image {self.files[i]}: {e}") from None
         return (self.transform(image) if self.transform else image), self.labels[i]
 
-    def _batch(self, indices, geometry: Geometry, transform: Transform | None):
+    def _batch(self, indices, geometry: Geometry, transform: Transform | None, draft=False):
         images, labels, skipped = [], [], []
         for i in indices:
             for attempt in range(REFILL_TRIES):
@@ -94,7 +95,7 @@ class ImageFiles(Dataset):
                 # the replacement is the same on every run and in every worker.
                 j = (int(i) + attempt) % len(self)
                 try:
-                    image = self.read(j, geometry)
+                    image = self.read(j, geometry, draft)
                 except DECODE_ERRORS as e:
                     skipped.append((str(self.files[j]), f"{type(e).__name__}: {e}".splitlines()[0]))
                     continue
@@ -316,7 +317,9 @@ class ImageFolder(ImageDataModule):
             return saved["mean"], saved["std"]
         pick = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
         files = self._files(index, pick[:STATS_SAMPLE].sort().values.numpy(), train=False)
-        images, _, skipped = files._batch(range(len(files)), files.eval_geometry, None)
+        # Drafts: statistics of images shrunk in the JPEG decoder differ from the full decode's
+        # by less than the spread between samples, at a quarter of the time or less.
+        images, _, skipped = files._batch(range(len(files)), files.eval_geometry, None, True)
         self.skips.add(skipped)
         mean, std = channel_stats(images)
         store_stats(self.cache_dir, Path(index.root), index.classes, key,

@@ -166,8 +166,11 @@ class ShardImages(StreamingDataset):
         position = int(getattr(index, "index", index))
         image = decode(item["image"], self.channels)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 10_000_019
-                              + position)  # fmt: skip
+            # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding and
+            # record a stack trace for it, per item.
+            torch.default_generator.manual_seed(
+                (self.seed * 1_000_003 + self.current_epoch) * 10_000_019 + position
+            )
             image = self.geometry(image)
             if self.image_transform is not None:
                 image = self.image_transform(image)
