@@ -22,6 +22,7 @@ from cnnlab.data.base import (
     Transform,
     channel_stats,
     default_workers,
+    one_thread,
     per_class_subset,
     stratified_split,
 )
@@ -257,6 +258,10 @@ class ImageFolder(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        with one_thread():
+            self._setup()
+
+    def _setup(self) -> None:
         has_train_dir = (self.root / "train").is_dir()
         train_root = self.root / "train" if has_train_dir else self.root
         all_names = class_folders(train_root)
