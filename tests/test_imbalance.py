@@ -11,12 +11,12 @@ from cnnlab.training.run import train
 from conftest import needs_fmnist
 
 IMBALANCED = [
-    "model=lenet5",
+    "model=lenet5_modern",
     "data.classes=[0,1,2]",  # T-shirt, Trouser, Pullover
     "data.samples_per_class=[1000,100,10]",
     "data.val_size=500",
     "data.batch_size=32",
-    "trainer.max_epochs=1",
+    "trainer.max_epochs=3",
     "optimizer.lr=0.05",
 ]
 
@@ -30,10 +30,11 @@ def test_inverse_frequency_weights_average_one_over_the_images():
 
 @pytest.mark.slow
 @needs_fmnist
-def test_weights_and_balanced_sampler_lift_the_rare_class(compose_cfg, tmp_path):
+def test_class_weights_lift_the_rare_class(compose_cfg, tmp_path):
     plain = train(compose_cfg(IMBALANCED))
-    cfg = compose_cfg([*IMBALANCED, "module.class_weights=auto", "data.sampler=balanced"])
-    cfg.paths.output_dir = str(tmp_path / "balanced")
+    # Weights or the balanced sampler, not both: together they correct twice (BENCHMARKS.md).
+    cfg = compose_cfg([*IMBALANCED, "module.class_weights=auto"])
+    cfg.paths.output_dir = str(tmp_path / "weighted")
     balanced = train(cfg)
     for results in (plain, balanced):
         assert results["status"] == "completed"

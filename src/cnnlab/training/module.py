@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,8 @@ from cnnlab.augment.tta import TTA_MODES, tta_probs
 from cnnlab.config.schema import SchedulerName
 from cnnlab.errors import CnnlabError
 from cnnlab.optim.factory import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -135,6 +139,11 @@ class ClassificationModule(L.LightningModule):
             self.augmentation.prepare(datamodule)
             if self.class_weights == "auto":
                 self.loss_weight = inverse_frequency(datamodule.class_counts()).to(self.device)
+                if getattr(datamodule, "sampler", None) == "balanced":
+                    log.warning(
+                        "module.class_weights=auto with data.sampler=balanced corrects the "
+                        "imbalance twice: rare classes then outweigh common ones; use one."
+                    )
 
     def _fixed_weights(self, class_weights) -> torch.Tensor | None:
         if class_weights is None or class_weights == "auto":
