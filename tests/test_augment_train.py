@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ def test_damaged_image_folder_trains_and_lists_skipped_files(compose_cfg, messy_
         results = train(cfg)
     assert results["status"] == "completed"
     assert "bag/000.png" in caplog.text and "trouser/notes.png" in caplog.text
+    assert sorted(Path(p).name for p in results["skipped_files"]) == ["000.png", "notes.png"]
 
 
 @needs_fmnist

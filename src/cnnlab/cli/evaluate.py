@@ -56,6 +56,11 @@ def print_report(report: dict) -> None:
         + ("" if tta is None else f"   test_acc_tta ({report['tta']}) {tta:.4f}")
         + f"   on {len(report['predictions'])} test images"
     )
+    console.print(
+        "macro (each class alike): "
+        + "   ".join(f"{k} {report[f'test_{k}_macro']:.4f}" for k in ("acc", "precision",
+                                                                    "recall", "f1"))
+    )  # fmt: skip
     names = report["class_names"]
     show_matrix = len(names) <= PRINTED_CLASSES
     # Borderless with narrow gaps: a 10-class matrix fits an 80-column terminal or log.

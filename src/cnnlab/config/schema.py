@@ -83,6 +83,8 @@ class ModuleConfig:
     channels_last: bool = True
     compile: bool = False
     compile_mode: str = "default"
+    # null, auto (inverse class frequency of the training split) or one weight per class.
+    class_weights: Any = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from cnnlab.config.schema import TTAMode, register
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import Trained
 from cnnlab.paths import config_dir
+from cnnlab.training.module import macro_metrics
 
 
 def data_config(run_config: DictConfig, option: str | None, data_keys: list[str]) -> DictConfig:
@@ -57,10 +58,11 @@ def evaluate(trained: Trained, datamodule, tta: str | TTAMode = TTAMode.none) ->
     per_class = MulticlassAccuracy(n, average=None).to(device)
     confusion = MulticlassConfusionMatrix(n).to(device)
     top1_tta = MulticlassAccuracy(n, average="micro").to(device)
+    macro = {name: metric.to(device) for name, metric in macro_metrics(n).items()}
     predictions = []
     for images, labels in datamodule.test_dataloader():
         logits, labels = trained.logits(images), labels.to(device)
-        for metric in (top1, top5, per_class, confusion):
+        for metric in (top1, top5, per_class, confusion, *macro.values()):
             metric.update(logits, labels)
         scores = logits
         if tta is not TTAMode.none:
@@ -70,6 +72,7 @@ def evaluate(trained: Trained, datamodule, tta: str | TTAMode = TTAMode.none) ->
     report = {
         "test_acc": float(top1.compute()),
         "test_acc_top5": float(top5.compute()),
+        **{f"test_{name}": float(metric.compute()) for name, metric in macro.items()},
         "per_class_acc": dict(zip(trained.class_names, per_class.compute().tolist(), strict=True)),
         "confusion_matrix": confusion.compute().tolist(),
         "class_names": trained.class_names,

@@ -12,6 +12,7 @@ from hydra.utils import get_class
 
 from cnnlab.config.schema import TTAMode
 from cnnlab.data.image_folder import EXTENSIONS, ImageFiles
+from cnnlab.data.images import Geometry
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import Trained
 
@@ -66,8 +67,11 @@ def stored_format(trained: Trained) -> tuple[int, int]:
 def decode(trained: Trained, paths: list[Path]) -> tuple[list[Path], torch.Tensor, list]:
     """(decoded paths, their uint8 batch, [(path, error)] for the files that failed)."""
     channels, size = stored_format(trained)
-    # The image-folder data set's own decoder: the same mode conversion and resampling.
-    files = ImageFiles(paths, [0] * len(paths), channels, size)
+    # The image-folder data set's own decoder and evaluation geometry: the same mode conversion,
+    # resampling and centre crop (runs from before data.resize squashed the whole image).
+    data = trained.config.data
+    geometry = Geometry(size, data.get("resize", "squash"), crop_pct=data.get("crop_pct", 0.875))
+    files = ImageFiles(paths, [0] * len(paths), channels, size, geometry)
     ok, images, failed = [], [], []
     for i, path in enumerate(paths):
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import lightning as L
@@ -14,6 +15,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
 )
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
@@ -28,6 +32,8 @@ from cnnlab.transfer.feature_cache import FeatureCache
 # torch.compile's modes: it checks the name only when the model first runs, deep in a step.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+log = logging.getLogger(__name__)
+
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(main logits, auxiliary logits): a model with auxiliary classifiers (GoogLeNet, Inception v3)
@@ -35,6 +41,28 @@ def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     if isinstance(out, (tuple, list)):
         return out[0], tuple(out[1:])
     return out, ()
+
+
+def inverse_frequency(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights n / (k * n_c) for the k classes present (scikit-learn's "balanced"): on
+    average over the training images a weight is 1, so the learning rate keeps its meaning.
+    Classes without images get 0."""
+    counts = counts.double()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def macro_metrics(num_classes: int) -> dict[str, nn.Module]:
+    """Class-averaged metrics, each class counting alike however many images it has (next to
+    micro accuracy, which a large class dominates)."""
+    return {
+        "acc_macro": MulticlassAccuracy(num_classes, average="macro"),
+        "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+        "recall_macro": MulticlassRecall(num_classes, average="macro"),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+    }
 
 
 def plain_state_dict(state_dict: dict) -> dict:
@@ -68,6 +96,7 @@ class ClassificationModule(L.LightningModule):
         lr_scales: Mapping[str, float] | None = None,
         feature_cache: FeatureCache | None = None,
         run_config: dict | None = None,
+        class_weights: str | list[float] | None = None,
     ) -> None:
         """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
         transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
@@ -99,6 +128,12 @@ class ClassificationModule(L.LightningModule):
             self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.val_macro = nn.ModuleDict(macro_metrics(num_classes))
+        self.test_macro = nn.ModuleDict(macro_metrics(num_classes))
+        self.class_weights = class_weights
+        # Not persistent: "auto" weights come from the data at every fit, and checkpoints stay
+        # loadable whatever the weights were.
+        self.register_buffer("loss_weight", self._fixed_weights(class_weights), persistent=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
         self.transfer_callbacks = list(callbacks)
@@ -125,6 +160,28 @@ class ClassificationModule(L.LightningModule):
             self.preprocess.set_stats(data.mean, data.std)
             self.class_names = list(data.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
+            if self.class_weights == "auto":
+                self.loss_weight = inverse_frequency(datamodule.class_counts()).to(self.device)
+                if getattr(datamodule, "sampler", None) == "balanced":
+                    log.warning(
+                        "module.class_weights=auto with data.sampler=balanced corrects the "
+                        "imbalance twice: rare classes then outweigh common ones; use one."
+                    )
+
+    def _fixed_weights(self, class_weights) -> torch.Tensor | None:
+        if class_weights is None or class_weights == "auto":
+            return None
+        if (
+            isinstance(class_weights, str)
+            or len(class_weights) != self.num_classes
+            or any(float(w) < 0 for w in class_weights)
+        ):
+            raise CnnlabError(
+                f"module.class_weights={class_weights!r}: expected null, auto (inverse class "
+                f"frequency in the training split) or {self.num_classes} weights >= 0, one per "
+                "class."
+            )
+        return torch.tensor([float(w) for w in class_weights])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
@@ -147,9 +204,10 @@ class ClassificationModule(L.LightningModule):
         x, y = batch
         logits, aux = split_outputs(self.run_model(x))
         # Mixup and CutMix give soft targets (N, K), which cross_entropy takes as probabilities.
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        smoothing, weight = self.label_smoothing, self.loss_weight
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
         for aux_logits in aux:
-            aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
+            aux_loss = F.cross_entropy(aux_logits, y, weight=weight, label_smoothing=smoothing)
             loss = loss + self.aux_loss_weight * aux_loss
         self.train_acc.update(logits.detach(), y.argmax(1) if y.ndim == 2 else y)
         self.train_loss.update(loss.detach())
@@ -172,6 +230,9 @@ class ClassificationModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
+        for name in ("acc_macro", "f1_macro"):
+            self.val_macro[name].update(logits, y)
+            self.log(f"val_{name}", self.val_macro[name], on_epoch=True)
         if self.top5:
             self.val_acc_top5.update(logits, y)
             self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
@@ -183,6 +244,9 @@ class ClassificationModule(L.LightningModule):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
+        for name, metric in self.test_macro.items():
+            metric.update(logits, y)
+            self.log(f"test_{name}", metric, on_epoch=True)
         if self.tta is not TTAMode.none:
             self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
             self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)

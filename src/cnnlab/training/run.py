@@ -172,6 +172,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics = tester.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             results.update({k: float(v) for k, v in metrics.items()})
             results.update(module.test_report)
+        if datamodule.skipped_files:
+            results["skipped_files"] = datamodule.skipped_files
+            log.warning("%d unreadable image(s) skipped (results.json: skipped_files)",
+                        len(datamodule.skipped_files))  # fmt: skip
         results.status = Status.COMPLETED
     except (KeyboardInterrupt, SystemExit):
         # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit; so does
