@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,6 +499,42 @@ def start(cfg: DictConfig) -> Plan:
     if job.action not in (TRAIN, SKIP):
         print(f"cnnlab: {job.describe()}", flush=True)
     return job
+
+
+def preview(cfg: DictConfig, runs_index: index.RunIndex) -> tuple[str, str]:
+    """What :func:`start` would decide for ``cfg``'s job (its action and, in words, what it
+    does), decided as start decides it but writing nothing and taking no lock; ``runs_index`` is
+    a read-only one, shared by the jobs of a dry run."""
+    fresh = Path(cfg.paths.output_dir)
+    multirun, overrides = _hydra_job()
+    if is_locked(fresh):
+        return BUSY, f"busy: {fresh} is being trained by {RunLock(fresh).owner()}"
+    existing = RunRecord.read(fresh)
+    if existing is not None and existing.is_pointer:
+        existing = None
+    try:
+        validate(cfg)
+        job = plan(cfg, fresh, multirun, overrides, existing, runs_index)
+    except CnnlabError as e:
+        return REFUSED, f"refused: {e}"
+    return job.action, job.describe()
+
+
+def dry_run(jobs: Iterable[DictConfig]) -> int:
+    """Print what each job would do (``cnnlab-train --dry-run``) and the count per action;
+    return the exit status: 1 if a job would be refused (the sweep would fail), else 0."""
+    print("cnnlab: dry run: nothing is trained or written", flush=True)
+    indexes: dict[Path, index.RunIndex] = {}
+    counts: dict[str, int] = {}
+    for num, cfg in enumerate(jobs):
+        root = Path(cfg.paths.output_root)
+        runs_index = indexes.setdefault(root, index.RunIndex(root, writable=False))
+        action, text = preview(cfg, runs_index)
+        counts[action] = counts.get(action, 0) + 1
+        _, overrides = _hydra_job()
+        print(f"job {num:>3} {','.join(overrides)}\n        {text}", flush=True)
+    print("dry run: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
+    return 1 if REFUSED in counts else 0
 
 
 def _record_start(job: Plan, fresh: Path) -> None:
