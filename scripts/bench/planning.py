@@ -8,7 +8,7 @@ of it in one sweep dir, each with results.json, .hydra/config.yaml and hydra.yam
 times; the scan plans only ``--scan-jobs`` jobs per repeat (it reads every run for every job, so
 all 1,000 would take minutes), and its 1,000-job figure is that per-job median times 1,000.
 
-    uv run python scripts/bench/planning.py [--jobs 1000] [--scan-jobs 50] [--repeats 3]
+    uv run python scripts/bench/planning.py [--jobs 1000] [--scan-jobs 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -64,29 +64,31 @@ def write_runs(root: Path, jobs: int):
     return configs
 
 
-def plan_jobs(configs) -> tuple[float, dict[str, int]]:
-    """Seconds to plan the jobs (each with a fresh index object, as each job's process has)."""
+def plan_jobs(configs, indexed: bool) -> tuple[float, dict[str, int]]:
+    """Seconds to plan the jobs (each with a fresh index object, as each job's process has);
+    not ``indexed``: the index is left unused and unwritten, each search scans the tree."""
     actions: dict[str, int] = {}
     start = time.perf_counter()
     for cfg in configs:
         root = Path(cfg.paths.output_root)
-        job = planning.plan(cfg, Path(cfg.paths.output_dir), True, [], None, RunIndex(root))
+        runs_index = RunIndex(root, writable=indexed)
+        job = planning.plan(cfg, Path(cfg.paths.output_dir), True, [], None, runs_index)
         actions[job.action] = actions.get(job.action, 0) + 1
     return time.perf_counter() - start, actions
 
 
-def search_jobs(root: Path, hashes: list[str]) -> float:
+def search_jobs(root: Path, hashes: list[str], indexed: bool) -> float:
     """Seconds for the search for earlier runs alone, of each config hash."""
     start = time.perf_counter()
     for config_hash in hashes:
-        RunIndex(root).runs(config_hash)
+        RunIndex(root, writable=indexed).runs(config_hash)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--scan-jobs", type=int, default=50)
+    parser.add_argument("--scan-jobs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,13 +103,13 @@ def main() -> None:
         hashes = [fingerprint(cfg) for cfg in configs]
         indexed, scanned, compared, index_search, scan_search = [], [], [], [], []
         for repeat in range(args.repeats):
-            seconds, actions = plan_jobs(configs)
+            seconds, actions = plan_jobs(configs, True)
             indexed.append(seconds / len(configs))
-            index_search.append(search_jobs(root, hashes) / len(hashes))
+            index_search.append(search_jobs(root, hashes, True) / len(hashes))
             marker.rename(hidden)  # without the marker, every search scans the tree
-            seconds, _ = plan_jobs(configs[: args.scan_jobs])
+            seconds, _ = plan_jobs(configs[: args.scan_jobs], False)
             scanned.append(seconds / args.scan_jobs)
-            scan_search.append(search_jobs(root, hashes[: args.scan_jobs]) / args.scan_jobs)
+            scan_search.append(search_jobs(root, hashes[: args.scan_jobs], False) / args.scan_jobs)
             hidden.rename(marker)
             out = Path(tmp) / f"comparison{repeat}"
             start = time.perf_counter()
