@@ -25,7 +25,8 @@ decision into its Hydra dir (:data:`DECISION_FILE`), and the other ranks, starte
 command line and so the same dir, train what it decided and write nothing. The decision also
 tells a sweep's summary what this call did with the job.
 
-Runs are identified by :func:`cnnlab.runs.record.fingerprint`, stored as ``config_hash``.
+Runs are identified by :func:`cnnlab.runs.record.fingerprint`, stored as ``config_hash``; a
+search reads a config's earlier runs from the index by that hash (:mod:`cnnlab.runs.index`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ from cnnlab.paths import (
     write_json,
     write_text,
 )
+from cnnlab.runs import index
 from cnnlab.runs.checkpoints import _checkpoint_step, _peek, read_checkpoint
 from cnnlab.runs.lock import LOCK_FILE, RunLock, is_locked
 from cnnlab.runs.record import (
@@ -86,17 +89,6 @@ TRAIN, CONTINUE, RETRY, SKIP, BUSY, REFUSED = (
     "busy",
     "refused",
 )
-
-
-def earlier_runs(root: Path, config_hash: str) -> list[tuple[Path, RunRecord]]:
-    """Run dirs under ``root`` that trained this config themselves (not skip or pointer dirs),
-    oldest first."""
-    found = []
-    for path in root.rglob(RESULTS_FILE):
-        record = RunRecord.read(path.parent)
-        if record is not None and record.config_hash == config_hash and not record.is_pointer:
-            found.append((path.stat().st_mtime, path.parent, record))
-    return [(run_dir, record) for _, run_dir, record in sorted(found, key=lambda f: f[0])]
 
 
 def is_running(run_dir: Path, record: RunRecord) -> bool:
@@ -338,9 +330,12 @@ def plan(
     multirun: bool,
     overrides: list[str],
     existing: RunRecord | None = None,
+    runs_index: index.RunIndex | None = None,
 ) -> Plan:
     """Decide what this call does. ``fresh`` is the run dir Hydra has made for it, ``existing``
-    the run that dir already holds (a re-run in a fixed dir). Reads, never writes."""
+    the run that dir already holds (a re-run in a fixed dir). Reads, never writes, but for the
+    index of earlier runs when a search rebuilds it (``runs_index``: by default a writable one of
+    ``paths.output_root``)."""
     config_hash = fingerprint(cfg)
     new = RunRecord(
         name=cfg.name, status=Status.RUNNING.value, run_dir=str(fresh), config_hash=config_hash
@@ -372,7 +367,8 @@ def plan(
         return _in_place(cfg, fresh, existing, config_hash)
     if not planned:
         return new_plan
-    runs = earlier_runs(Path(cfg.paths.output_root), config_hash)
+    runs_index = runs_index or index.RunIndex(Path(cfg.paths.output_root))
+    runs = runs_index.runs(config_hash)
     completed = [run for run in runs if run[1].status == Status.COMPLETED]
     if multirun and cfg.skip_completed and completed:
         return Plan(
@@ -440,7 +436,7 @@ def _config_lock(cfg: DictConfig) -> RunLock:
     """The lock of this config's search for earlier runs under ``paths.output_root``: held until
     the run it decides on has its record and lock, so that two processes starting the same
     config at once see each other."""
-    lock = RunLock(Path(cfg.paths.output_root) / ".cnnlab" / fingerprint(cfg))
+    lock = RunLock(Path(cfg.paths.output_root) / index.INDEX_DIR / fingerprint(cfg))
     deadline = time.monotonic() + CONFIG_LOCK_WAIT_S
     while not lock.acquire():
         if time.monotonic() > deadline:
@@ -505,6 +501,42 @@ def start(cfg: DictConfig) -> Plan:
     return job
 
 
+def preview(cfg: DictConfig, runs_index: index.RunIndex) -> tuple[str, str]:
+    """What :func:`start` would decide for ``cfg``'s job (its action and, in words, what it
+    does), decided as start decides it but writing nothing and taking no lock; ``runs_index`` is
+    a read-only one, shared by the jobs of a dry run."""
+    fresh = Path(cfg.paths.output_dir)
+    multirun, overrides = _hydra_job()
+    if is_locked(fresh):
+        return BUSY, f"busy: {fresh} is being trained by {RunLock(fresh).owner()}"
+    existing = RunRecord.read(fresh)
+    if existing is not None and existing.is_pointer:
+        existing = None
+    try:
+        validate(cfg)
+        job = plan(cfg, fresh, multirun, overrides, existing, runs_index)
+    except CnnlabError as e:
+        return REFUSED, f"refused: {e}"
+    return job.action, job.describe()
+
+
+def dry_run(jobs: Iterable[DictConfig]) -> int:
+    """Print what each job would do (``cnnlab-train --dry-run``) and the count per action;
+    return the exit status: 1 if a job would be refused (the sweep would fail), else 0."""
+    print("cnnlab: dry run: nothing is trained or written", flush=True)
+    indexes: dict[Path, index.RunIndex] = {}
+    counts: dict[str, int] = {}
+    for num, cfg in enumerate(jobs):
+        root = Path(cfg.paths.output_root)
+        runs_index = indexes.setdefault(root, index.RunIndex(root, writable=False))
+        action, text = preview(cfg, runs_index)
+        counts[action] = counts.get(action, 0) + 1
+        _, overrides = _hydra_job()
+        print(f"job {num:>3} {','.join(overrides)}\n        {text}", flush=True)
+    print("dry run: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
+    return 1 if REFUSED in counts else 0
+
+
 def _record_start(job: Plan, fresh: Path) -> None:
     """Rank 0's decision for the other ranks and the sweep's summary; for a run that trains, its
     record with status running and its earlier metrics set aside."""
@@ -518,6 +550,7 @@ def _record_start(job: Plan, fresh: Path) -> None:
         return
     job.results.mark_started()
     job.results.write(job.run_dir)
+    index.register(Path(job.config.paths.output_root), job.run_dir, job.results.config_hash)
     if job.earlier:
         step = 0 if job.checkpoint is None else _checkpoint_step(Path(job.checkpoint))
         set_aside_metrics(job.run_dir, step)
