@@ -4,14 +4,18 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 FMNIST_SYSTEM_DIR := /usr/share/datasets/fashion-mnist
 ARGS ?=
+# The viewers read the runs under OUTPUTS (paths.output_root) and listen on 127.0.0.1:PORT.
+OUTPUTS ?= outputs
+HOST := 127.0.0.1
 
-.PHONY: help uv env data train test test-all ablations-ci lint format
+.PHONY: help uv env data train test test-all ablations-ci lint format tensorboard mlflow-ui
 
 help:
 	@echo "make train [ARGS='model=resnet20 trainer.max_epochs=3']  run an experiment"
 	@echo "make test                                               run the test suite"
 	@echo "make test-all                                           also the heavy tests (minutes)"
 	@echo "make ablations-ci                                       every ablation at ci scale"
+	@echo "make tensorboard [PORT=6006] | make mlflow-ui [PORT=5000] browse outputs/"
 	@echo "make lint | make format                                 ruff and the layer contract / fixes"
 
 uv:
@@ -50,6 +54,19 @@ test-all: env data
 # Every ablation of docs/ablations.md end to end at ci scale (minutes); CI runs it after make test.
 ablations-ci: env data
 	$(UV) run --frozen python scripts/reproduce.py all --scale ci
+
+# `make env` installs every extra, viewers included (full mlflow: its UI server and pandas).
+tensorboard: PORT ?= 6006
+tensorboard: env
+	@echo "TensorBoard on http://$(HOST):$(PORT)/ (runs under $(OUTPUTS)/; Ctrl-C stops it)"
+	@$(UV) run --frozen tensorboard --logdir $(OUTPUTS) --host $(HOST) --port $(PORT)
+
+# Without the job queue that MLflow's GenAI features use: five idle processes otherwise.
+mlflow-ui: PORT ?= 5000
+mlflow-ui: env
+	@echo "MLflow UI on http://$(HOST):$(PORT)/ (store $(OUTPUTS)/mlflow.db; Ctrl-C stops it)"
+	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(UV) run --frozen mlflow ui \
+		--backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(HOST) --port $(PORT) --workers 1
 
 # ruff, then the import contract of pyproject.toml's [tool.importlinter]: no import points up a layer.
 lint: env

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cnnlab.tracking.profile import build, summarize
+from cnnlab.cli.summary import build, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -2,12 +2,13 @@
 
     python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
 
-See cnnlab.analysis.ablation; the claims are the experiments under conf/experiment/ablation/.
+See cnnlab.analysis.ablation (the runner) and cnnlab.cli.reproduce (this command); the claims are
+the experiments under conf/experiment/ablation/.
 """
 
 import sys
 
-from cnnlab.analysis.ablation import main
+from cnnlab.cli.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

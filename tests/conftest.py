@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,22 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
         text=True,
         timeout=timeout,
     )
+
+
+def wandb_sync_dry_run(cwd: Path, pattern: str) -> str:
+    """What ``wandb sync PATTERN``, typed in a shell in ``cwd`` as the README writes it, would
+    upload: the wandb command lists the offline runs it found and sends nothing."""
+    wandb = shlex.quote(str(Path(sys.executable).with_name("wandb")))
+    proc = subprocess.run(
+        f"{wandb} sync --dry-run {pattern}",
+        shell=True,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
 
 
 def run_dirs(cwd: Path) -> list[Path]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab import ablation
+from cnnlab.analysis import ablation
 from cnnlab.analysis.compare import Group, Run
+from cnnlab.errors import CnnlabError
 from conftest import needs_fmnist, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,27 @@ def test_judge_against_the_seed_spread():
     assert judged.verdict == ablation.INCONCLUSIVE and "no completed run" in judged.detail
     one_seed = [_group("a", [0.9]), _group("b", [0.1])]
     assert ablation.judge(higher, one_seed, ["m"]).verdict == ablation.INCONCLUSIVE
+
+
+def test_judge_edge_cases():
+    groups = [_group("a", [0.90, 0.92]), _group("b", [0.80, 0.82], macs=300)]
+    # A ratio on a bound is within it.
+    ratio = {"says": "b costs 3x", "metric": "macs", "of": {"m": "b"}, "to": {"m": "a"}}
+    assert ablation.judge({**ratio, "between": [3, 3]}, groups, ["m"]).verdict == "reproduced"
+    # A group whose runs lack the metric cannot be judged.
+    higher = {"says": "a beats b", "metric": "test_acc_tta", "higher": {"m": "a"}}
+    judged = ablation.judge({**higher, "lower": {"m": "b"}}, groups, ["m"])
+    assert judged.verdict == ablation.INCONCLUSIVE
+    assert "a group has no test_acc_tta" in judged.detail
+    # An explicit tolerance wider than the spread makes a 0.1 gap "similar".
+    similar = {"says": "a like b", "metric": "test_acc", "similar": [{"m": "a"}, {"m": "b"}]}
+    assert ablation.judge(similar, groups, ["m"]).verdict == ablation.NOT_REPRODUCED
+    assert ablation.judge({**similar, "within": 0.11}, groups, ["m"]).verdict == "reproduced"
+    # A selector outside the claim's grouping is a mistake in the claim, not a missing group.
+    with pytest.raises(CnnlabError, match="not among ablation.by"):
+        ablation.judge({**higher, "metric": "test_acc", "lower": {"x": "b"}}, groups, ["m"])
+    # The worst verdict first: a claim with one refuted prediction is not reproduced.
+    assert ablation.SEVERITY[0] == ablation.NOT_REPRODUCED
 
 
 def test_page_keeps_other_sections(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,13 +68,14 @@ def test_damaged_image_folder_trains_and_lists_skipped_files(compose_cfg, messy_
         results = train(cfg)
     assert results["status"] == "completed"
     assert "bag/000.png" in caplog.text and "trouser/notes.png" in caplog.text
+    assert sorted(Path(p).name for p in results["skipped_files"]) == ["000.png", "notes.png"]
 
 
 @needs_fmnist
 def test_show_aug_writes_a_png_grid(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnlab.augment.preview import main
+    from cnnlab.cli.show_aug import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-show-aug", "augmentation=[alexnet,cutmix]",

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import checkpoint, ensemble
+from cnnlab.analysis import ensemble
 from cnnlab.augment.tta import views
+from cnnlab.cli import ensemble as ensemble_cli
+from cnnlab.inference import loading
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
 # One epoch of LeNet-5 (ReLU and max pooling: quicker on a CPU than the paper's) on 100 or 150
@@ -35,13 +37,13 @@ def runs(tmp_path_factory) -> dict[tuple[int, int], Path]:
     found = {}
     for d in run_dirs(cwd):
         assert read_results(d)["status"] == "completed"
-        data = checkpoint.load(d).config.data
+        data = loading.load(d).config.data
         found[(data.num_classes, data.seed)] = d
     assert set(found) == {(2, 0), (2, 1), (3, 0), (3, 1)}
     return found
 
 
-def softmax_probs(trained: checkpoint.Trained, images: torch.Tensor, tta: str) -> torch.Tensor:
+def softmax_probs(trained: loading.Trained, images: torch.Tensor, tta: str) -> torch.Tensor:
     """Probabilities computed here, apart from cnnlab.analysis.ensemble: softmax of each view,
     averaged."""
     with torch.no_grad():
@@ -54,8 +56,8 @@ def test_ensemble_averages_the_runs_probabilities_and_ten_crops_cost_more(runs):
     dirs = [runs[(2, 0)], runs[(2, 1)]]
     report = ensemble.ensemble(dirs, tta="ten_crop", repeats=1)
 
-    members = [checkpoint.load(d) for d in dirs]
-    datamodule = checkpoint.load_test_split(members[0].config)
+    members = [loading.load(d) for d in dirs]
+    datamodule = loading.load_test_split(members[0].config)
     correct = {"single": [0, 0], "single_tta": [0, 0], "ensemble": 0, "ensemble_tta": 0}
     for images, labels in datamodule.test_dataloader():
         for key, tta in (("single", "none"), ("single_tta", "ten_crop")):
@@ -106,7 +108,7 @@ def test_cli_writes_json_and_table_and_counts_a_skipped_run_as_the_one_it_repeat
 
     out = tmp_path / "report"
     argv = [str(runs[(2, 0)]), str(later.parent), "--tta", "hflip", "--repeats", "2"]
-    assert ensemble.main([*argv, "--out", str(out), "--batch-size", "500"]) == 0
+    assert ensemble_cli.main([*argv, "--out", str(out), "--batch-size", "500"]) == 0
     printed = capsys.readouterr().out
     table = (out / "ensemble.md").read_text()
     assert table in printed
@@ -122,14 +124,14 @@ def test_cli_writes_json_and_table_and_counts_a_skipped_run_as_the_one_it_repeat
 
 @needs_fmnist
 def test_runs_of_other_classes_and_missing_paths_fail_with_a_clear_error(runs, tmp_path, capsys):
-    assert ensemble.main([str(runs[(2, 0)]), str(runs[(3, 1)])]) == 2
+    assert ensemble_cli.main([str(runs[(2, 0)]), str(runs[(3, 1)])]) == 2
     err = capsys.readouterr().err
     assert "cannot be ensembled" in err and "predicts 2 classes" in err
     assert "data.classes ([0, 1] vs [0, 1, 2])" in err and "data.num_classes (2 vs 3)" in err
     assert "data.seed (0 vs 1)" in err and "their seeds, models" in err
     assert not (runs[(2, 0)] / "ensemble").exists()
 
-    assert ensemble.main([str(tmp_path / "missing")]) == 2
+    assert ensemble_cli.main([str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert ensemble.main([str(tmp_path)]) == 2
+    assert ensemble_cli.main([str(tmp_path)]) == 2
     assert "holds no cnnlab run" in capsys.readouterr().err

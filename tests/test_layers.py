@@ -10,7 +10,11 @@ import cnnlab
 
 SRC = Path(cnnlab.__file__).parent
 # Imports kept inside a function on purpose, each with its reason in a comment beside it.
-LAZY = {("cnnlab.cli.train", "cnnlab.runs.sweep"), ("cnnlab.cli.train", "cnnlab.training.run")}
+LAZY = {
+    ("cnnlab.cli.train", "cnnlab.runs.planning"),
+    ("cnnlab.cli.train", "cnnlab.runs.sweep"),
+    ("cnnlab.cli.train", "cnnlab.training.run"),
+}
 
 
 def module_name(path: Path) -> str:

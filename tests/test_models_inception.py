@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision import models as tvm
 
+from cnnlab.data.spec import DataSpec
 from cnnlab.models.googlenet import GOOGLENET_TABLE, GoogLeNet, Inception
 from cnnlab.models.inception_v3 import InceptionV3
 from cnnlab.models.se import SqueezeExcitation
@@ -313,9 +314,7 @@ def test_inception_v3_outputs():
 def classification_module(model: nn.Module, weight: float, channels: int, size: int):
     return ClassificationModule(
         model,
-        num_classes=10,
-        channels=channels,
-        image_size=size,
+        DataSpec(num_classes=10, channels=channels, image_size=size),
         optimizer=OmegaConf.load(CONF / "optimizer" / "sgd.yaml"),
         scheduler=OmegaConf.load(CONF / "scheduler" / "none.yaml"),
         aux_loss_weight=weight,

@@ -3,14 +3,17 @@ during a checkpoint save, a NaN loss, and a multirun run twice."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
@@ -229,3 +232,178 @@ def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path
     assert [r["status"] for r in results["resumed"]] == ["running"]
     steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
     assert steps == sorted(set(steps)) and steps[-1] >= 90  # each step once, to the end
+
+
+FDR = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
+
+
+def test_rerunning_a_multirun_in_a_fixed_sweep_dir_skips_completed_jobs_in_place(tmp_path):
+    """The issue's report: the same multirun twice with hydra.sweep.dir named."""
+    args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/my_sweep"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    jobs = [tmp_path / "outputs" / "my_sweep" / str(i) for i in range(2)]
+    before = [(j / "results.json").read_bytes() for j in jobs]
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "sweep: 2 skipped" in again.stdout and "ERROR" not in again.stdout + again.stderr
+    # Nothing trained, nothing written over: the records are those of the first call.
+    assert [(j / "results.json").read_bytes() for j in jobs] == before
+    assert "Trainer.fit" not in again.stdout + again.stderr
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@needs_fmnist
+def test_a_sweep_killed_during_start_up_is_rerun_in_its_fixed_sweep_dir(tmp_path):
+    """Killed before job 0 wrote its results.json; then killed while job 1 loaded its data
+    (status running, no checkpoint): each re-run starts what never started, skips what
+    completed, and the summary says so."""
+    args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/fixed"]
+    jobs = [tmp_path / "outputs" / "fixed" / str(i) for i in range(2)]
+    proc = start_cli(args, cwd=tmp_path)
+    kill_when(proc, lambda: (jobs[0] / ".hydra" / "config.yaml").is_file())
+    assert not (jobs[0] / "results.json").exists()
+
+    def job1_loading() -> bool:
+        return (jobs[1] / "results.json").is_file() and not (jobs[1] / "checkpoints").exists()
+
+    proc = start_cli(args, cwd=tmp_path)
+    kill_when(proc, job1_loading)
+    assert read_results(jobs[0])["status"] == "completed"
+    assert read_results(jobs[1])["status"] == "running"  # its owner is dead
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "ERROR" not in again.stdout + again.stderr
+    assert "job   0 skipped" in again.stdout and "job   1 completed" in again.stdout
+    assert "sweep: 1 completed, 1 skipped" in again.stdout
+    assert f"continue {jobs[1]} from step 0" in again.stdout
+    results = read_results(jobs[1])
+    assert results["status"] == "completed" and results["resumed"] == [{"status": "running"}]
+
+
+@needs_fmnist
+@pytest.mark.heavy  # three trainings of LeNet-5 on 1,000 images: minutes on a 2-core CPU
+def test_sigterm_checkpoints_at_once_and_resume_auto_continues(tmp_path):
+    """SIGTERM mid-epoch 1 (SLURM's pre-emption); then a resume with a changed seed (refused), a
+    truncated last.ckpt and resume_fallback=false (refused, naming it), and resume=auto with a
+    new name (taken), which continues from the newest whole checkpoint to the end."""
+    args = [*SMALL, "callbacks.last_checkpoint.every_n_train_steps=1000"]
+    proc = start_cli(args, cwd=tmp_path)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1 step 40/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "cnnlab: SIGTERM at step" in out
+    [run_dir] = run_dirs(tmp_path)
+    assert read_results(run_dir)["status"] == "interrupted"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert 140 <= step < 160  # written at the signal, not at the epoch end (step 100)
+
+    changed = run_cli([f"resume={run_dir}", "seed=7"], cwd=tmp_path)
+    assert changed.returncode == 2 and "seed (42 -> 7)" in changed.stderr, changed.stderr
+
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    refused = run_cli([f"resume={run_dir}", "resume_fallback=false"], cwd=tmp_path)
+    assert refused.returncode == 2 and f"{last} is not a whole checkpoint" in refused.stderr
+
+    resumed = run_cli([*args, "resume=auto", "name=renamed"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{last} is not a whole checkpoint" in resumed.stdout + resumed.stderr
+    # The two refused calls are recorded as failed in the dirs Hydra made for them, as any
+    # config error is; the run itself went on in its own dir.
+    refusals = [d for d in run_dirs(tmp_path) if d != run_dir]
+    assert [read_results(d)["status"] for d in refusals] == ["failed", "failed"]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["epochs"] == 2
+    assert [r["status"] for r in results["resumed"]] == ["interrupted"]
+    steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] >= 190  # each step once, to the end
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A real file system of ``size`` at ``path`` (a tmpfs), unmounted afterwards."""
+    path.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@needs_fmnist
+@pytest.mark.heavy  # two trainings of LeNet-5 on 1,000 images: minutes on a 2-core CPU
+def test_a_full_disk_fails_the_run_keeps_last_ckpt_and_a_rerun_retries_it(tmp_path):
+    with small_disk(tmp_path / "disk", "16m") as disk:
+        args = ["-m", *SMALL, f"paths.output_root={disk}", f"hydra.sweep.dir={disk}/sweep"]
+        job = disk / "sweep" / "0"
+        last = job / "checkpoints" / "last.ckpt"
+        proc = start_cli(args, cwd=tmp_path)
+        deadline = time.monotonic() + 300
+        while not last.is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.005)
+        # Fill the disk, leaving room for logs and results.json but not for a checkpoint.
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 200_000))
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 1, out  # the sweep did not complete
+        results = read_results(job)
+        assert results["status"] == "failed", out
+        error = results["error"]
+        assert error.startswith("The disk filled up while saving") and f"mounted at {disk}" in error
+        assert "MiB free and the checkpoint needs about" in error and "Traceback" not in error
+        step = torch.load(last, weights_only=True)["global_step"]  # whole, and a real state
+        assert step % 15 == 0 and step > 0
+
+        filler.unlink()
+        again = run_cli(args, cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"retry {job} (it failed: The disk filled up" in again.stdout
+        assert f"from step {step}" in again.stdout
+        results = read_results(job)
+        assert results["status"] == "completed" and results["epochs"] == 2
+        assert results["resumed"] == [{"status": "failed", "error": error}]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
+    """Two cnnlab-train -m with one sweep dir, started together: each job dir's lock lets one
+    of them train it; the other leaves it (busy) and goes on to the next job, or finds it
+    completed. Each summary tells what its own call did."""
+    args = ["-m", *SMALL, "trainer.max_epochs=1", "seed=0,1", "hydra.sweep.dir=outputs/shared"]
+    procs = [start_cli(args, cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    jobs = [tmp_path / "outputs" / "shared" / str(i) for i in range(2)]
+    for job in jobs:
+        assert read_results(job)["status"] == "completed", outs
+        # Both processes log into the job's train.log; only one of them trained it.
+        assert (job / "train.log").read_text().count("`Trainer.fit` stopped") == 1, outs
+    # A process that left a job to the other exits 1 if that job was still running at its end
+    # (its sweep had not completed), 0 otherwise; no summary calls a job it trained skipped.
+    assert all(p.returncode in (0, 1) for p in procs), outs
+    assert "ERROR" not in "".join(outs)
+    for out in outs:
+        for i, job in enumerate(jobs):
+            if f"run_dir: {job}\n" in out:  # the table this process printed after training it
+                assert f"job   {i} completed" in out, out

@@ -14,7 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnlab.tracking.profile import build, main, summarize
+from cnnlab.cli.summary import build, main
+from cnnlab.tracking.profile import summarize
 
 # (config, input C,H,W, total params, total MACs, {layer: (params, MACs)}, final output shape)
 COST_EXAMPLES = [
@@ -171,7 +172,7 @@ def test_bad_overrides_exit_2_with_one_line(capsys, args, fragment):
 @pytest.mark.slow  # a fresh interpreter imports torch and Lightning: 10-20 s on two cores
 def test_cli_prints_parseable_totals(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab.tracking.profile", "model=cost_conv3x3_depthwise_separable"]
+        [sys.executable, "-m", "cnnlab.cli.summary", "model=cost_conv3x3_depthwise_separable"]
         + ["input_shape=[3,6,6]"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

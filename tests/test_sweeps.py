@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab import compare
-from conftest import needs_fmnist, read_results, run_cli, run_dirs
+from cnnlab.cli import compare
+from conftest import needs_fmnist, read_results, run_cli, run_dirs, wandb_sync_dry_run
 
 # Two epochs of two steps of LeNet-5 on 100 training images, tested on 200 images.
 TINY = [
@@ -183,6 +183,11 @@ def test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline(tmp_path
     assert (good / "confusion_matrix.png").is_file() and (good / "misclassified.png").is_file()
     assert [r.exit.exit_code for r in records["exit"]] == [0]
     assert [r.exit.exit_code for r in wandb_records(bad)["exit"]] == [1]
+    # The README's upload command for a sweep, outputs/multirun/<date>/<sweep>/*/wandb/
+    # offline-run-*, finds both jobs' runs, the failed one's included.
+    sweep = sweep_dir(tmp_path).relative_to(tmp_path)
+    found = wandb_sync_dry_run(tmp_path, f"{sweep}/*/wandb/offline-run-*")
+    assert "Would sync 2 run(s)" in found, found
 
 
 @needs_fmnist

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import needs_fmnist, read_results, run_cli, run_dirs
+from conftest import needs_fmnist, read_results, run_cli, run_dirs, wandb_sync_dry_run
 
 RESULT_KEYS = {"test_acc", "best_val_acc", "epochs", "wall_time_s", "params", "status", "run_dir"}
 
@@ -105,6 +105,9 @@ def test_many_loggers_write_csv_tensorboard_and_offline_wandb(tmp_path):
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, list(run_dir.rglob("*"))
     assert read_results(run_dir)["status"] == "completed"
+    # The README's upload command for a single run finds it, and only it.
+    found = wandb_sync_dry_run(tmp_path, "outputs/*/*/wandb/offline-run-*")
+    assert "Would sync 1 run(s)" in found and offline_runs[0].name in found, found
 
 
 @needs_fmnist

@@ -20,6 +20,7 @@ from torchvision import models as tv_models
 from cnnlab.augment.pipeline import Preprocess
 from cnnlab.config.schema import validate
 from cnnlab.data.mnist_like import FashionMNIST
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import load
 from cnnlab.models.backbones import torchvision_model
@@ -69,7 +70,7 @@ def fit(cfg, epochs: int = 1, batches: int = 3, callbacks=()):
     cfg = validate(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, DataSpec.of(datamodule))
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -281,7 +282,7 @@ def test_weights_of_an_earlier_run_give_its_outputs(compose_cfg, tmp_path):
     earlier = load(results["run_dir"], device="cpu")
     cfg = validate(compose_cfg(["transfer=finetune", f"transfer.init_from={results['run_dir']}"]))
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule).eval()
+    module = build_module(cfg, DataSpec.of(datamodule)).eval()
     module.preprocess.load_state_dict(earlier.module.preprocess.state_dict())
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     x = earlier.inputs(images)
@@ -305,7 +306,7 @@ def test_bad_transfer_inputs_name_what_is_accepted(compose_cfg, pretrained_file,
     def error(overrides) -> str:
         cfg = validate(compose_cfg([*TINY, *overrides]))
         with pytest.raises((CnnlabError, InstantiationException)) as info:
-            build_module(cfg, instantiate(cfg.data))
+            build_module(cfg, DataSpec.of(instantiate(cfg.data)))
         # Errors raised while Hydra instantiates the model come wrapped (cnnlab-train unwraps).
         return str(info.value.__cause__ or info.value)
 
@@ -338,7 +339,7 @@ def test_torchvision_weights_offline_say_where_they_were_looked_for(
     overrides = ["model=torchvision", "model.name=resnet18", "model.weights=DEFAULT"]
     cfg = validate(compose_cfg(overrides))
     with pytest.raises(InstantiationException) as info:
-        build_module(cfg, instantiate(cfg.data))
+        build_module(cfg, DataSpec.of(instantiate(cfg.data)))
     message = str(info.value.__cause__)
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
     assert "transfer.init_from" in message

@@ -13,9 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnnlab import evaluate, explain, export, predict
+from cnnlab.cli import evaluate, explain, export, predict
 from cnnlab.config.schema import validate
 from cnnlab.data.mnist_like import FashionMNIST
+from cnnlab.inference import evaluate as evaluation
+from cnnlab.inference import explain as explaining
+from cnnlab.inference import export as exporting
 from cnnlab.inference.loading import load, load_test_split, rebuild
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
@@ -78,7 +81,7 @@ def test_eval_with_flip_tta_and_other_data(run_dir, eval_report, image_tree, cap
     assert evaluate.main([str(run_dir), "--device", "cpu", *overrides]) == 2
     assert "3 classes but the model" in capsys.readouterr().err
     trained = load(run_dir, "cpu")
-    flipped = evaluate.evaluate(trained, load_test_split(trained.config), flip=True)
+    flipped = evaluation.evaluate(trained, load_test_split(trained.config), tta="hflip")
     assert flipped["predictions"] != eval_report["predictions"]
 
 
@@ -146,7 +149,7 @@ def test_export_agrees_with_pytorch(run_dir, test_images, fmt, tmp_path, capsys)
         )
     else:
         extra = {"cnnlab.json": ""}
-        with export.quiet_export():
+        with exporting.quiet_export():
             network = torch.jit.load(str(path), _extra_files=extra)
         info = json.loads(extra["cnnlab.json"])
         got = network(torch.from_numpy(preprocess_as_documented(images, info))).detach()
@@ -162,12 +165,12 @@ def test_grad_cam_maps(run_dir, test_images):
     images, _ = test_images
     x = trained.inputs(images[:8])
     model = trained.module.model
-    layer = explain.default_layer(model, x)
+    layer = explaining.default_layer(model, x)
     assert layer == "layer3"  # the ResNet's last stage, not a convolution inside it
     ranked = trained.logits(images[:8]).argsort(dim=1)
     top, bottom = ranked[:, -1], ranked[:, 0]
-    cam_top = explain.grad_cam(trained.module, model.get_submodule(layer), x, top)
-    cam_bottom = explain.grad_cam(trained.module, model.get_submodule(layer), x, bottom)
+    cam_top = explaining.grad_cam(trained.module, model.get_submodule(layer), x, top)
+    cam_bottom = explaining.grad_cam(trained.module, model.get_submodule(layer), x, bottom)
     assert cam_top.shape == cam_bottom.shape == (8, 28, 28)
     assert (cam_top >= 0).all() and (cam_bottom >= 0).all()
     assert cam_top.amax() > 0
@@ -204,7 +207,7 @@ def test_model_with_auxiliary_heads_exports_main_logits_only(
 
     # Grad-CAM's default layer is the last block that runs, not an auxiliary head defined later.
     x = torch.randn(1, 1, 32, 32)
-    assert explain.default_layer(module.model.eval(), x) == "inception5b"
+    assert explaining.default_layer(module.model.eval(), x) == "inception5b"
     assert predict.main([str(checkpoint), str(image_tree / "bag"), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["predictions"]) == 40
 

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from cnnlab.config.compose import compose_config
+from cnnlab.data.spec import DataSpec
 from cnnlab.optim.factory import build_optimizer, build_scheduler
 from cnnlab.training.run import build_module, build_trainer
 
@@ -67,7 +68,7 @@ def cnnlab_clock(model: str, steps: int, out: Path, extra: tuple[str, ...] = ())
     run_dir = out / f"cnnlab-{time.monotonic_ns()}"
     cfg = compose_config(overrides(model, steps, str(out), extra), output_dir=str(run_dir))
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, DataSpec.of(datamodule))
     trainer = build_trainer(cfg, run_dir)
     clock = StepClock()
     trainer.callbacks.append(clock)
@@ -86,9 +87,9 @@ def plain_step(model: str, steps: int, warmup: int, out: Path) -> float:
     cfg = compose_config(overrides(model, steps, str(out)), output_dir=str(out / "plain"))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule)  # for its model and Preprocess, nothing else
+    # For its model and Preprocess (with the set-up data's statistics), nothing else.
+    module = build_module(cfg, DataSpec.of(datamodule))
     net, preprocess = module.model, module.preprocess
-    preprocess.set_stats(datamodule.mean, datamodule.std)
     optimizer = build_optimizer(net, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps, steps)
     net.train()

@@ -30,7 +30,7 @@ def variants() -> dict[str, tuple[tuple[str, ...], int | None]]:
         if torch.cuda.is_available()
         else ("bf16 autocast (`trainer.precision=bf16-mixed`)", "bf16-mixed")
     )
-    return {
+    table = {
         "default": ((), None),
         "NCHW layout (`module.channels_last=false`)": (("module.channels_last=false",), None),
         precision[0]: ((f"trainer.precision={precision[1]}",), None),
@@ -38,6 +38,11 @@ def variants() -> dict[str, tuple[tuple[str, ...], int | None]]:
         "1 torch thread": ((), 1),
         "2 DataLoader workers (`data.num_workers=2`)": (("data.num_workers=2",), None),
     }
+    if torch.cuda.is_available():
+        # CUDA graphs replay a step's kernels in one launch; on the CPU this is plain compile.
+        graphs = ("module.compile=true", "module.compile_mode=reduce-overhead")
+        table["CUDA graphs (`module.compile_mode=reduce-overhead`)"] = (graphs, None)
+    return table
 
 
 def main() -> None:

@@ -1,8 +1,6 @@
 """Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
 judge the claim and write the result into the ablations page.
 
-    python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
-
 Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
 claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
 overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts
@@ -18,7 +16,6 @@ others are kept.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -34,6 +31,7 @@ from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import RESULTS_FILE, config_dir, write_text
+from cnnlab.runs.record import RunRecord, Status
 
 SCALES = ("ci", "cpu", "gpu")
 EXPERIMENTS = Path(config_dir()) / "experiment" / "ablation"
@@ -204,8 +202,11 @@ def pretrain_dir(overrides: list[str], out: Path) -> str:
     """The run dir of a claim's source run, trained once (a later call finds it and skips)."""
     if run_sweep(overrides, out):
         raise CnnlabError(f"The pretraining run failed: see {out}.")
-    results = json.loads((out / "0" / RESULTS_FILE).read_text())
-    return results.get("same_as") or results["run_dir"]
+    record = RunRecord.read(out / "0")
+    if record is None:
+        raise CnnlabError(f"The pretraining run left no {RESULTS_FILE} in {out / '0'}.")
+    # A job skipped in its own dir keeps its record, whose same_as is unset.
+    return str(record.same_as or record.continued_in or record.run_dir)
 
 
 def describe(cfg: DictConfig, runs: list[Run], by: list[str]) -> str:
@@ -236,7 +237,7 @@ def section(
     # In the order of the sweep's jobs, as the experiment lists the values.
     order = {r.run_dir: i for i, r in enumerate(runs)}
     groups = sorted(group_runs(runs, by, metrics[0]), key=lambda g: order[g.runs[0].run_dir])
-    failed = [r for r in runs if r.status not in ("completed", "skipped")]
+    failed = [r for r in runs if r.status not in (Status.COMPLETED, Status.SKIPPED)]
     judged, judged_by = (ensemble_groups(report), ["setting"]) if report else (groups, by)
     judgements = [judge(OmegaConf.to_container(e), judged, judged_by) for e in a.expect]
     found = {j.verdict for j in judgements}
@@ -246,7 +247,8 @@ def section(
     plot_curves(groups, by, curves)
     when = datetime.date.today().isoformat()
     # Training time, so that a rerun which skips completed jobs reports the same.
-    minutes = sum(r.results.get("wall_time_s", 0.0) for r in runs if r.status == "completed") / 60
+    minutes = sum(r.results.get("wall_time_s", 0.0) for r in runs if r.status == Status.COMPLETED)
+    minutes /= 60
     lines = [
         f"## {a.number}. {a.title}",
         "",

@@ -1,9 +1,6 @@
 """Comparing runs (the core of ``cnnlab-compare``): group runs by the parameters that differ,
 aggregate over seeds.
 
-    cnnlab-compare outputs/multirun/2026-11-25/22-30-00_sweep [--by model,augmentation]
-                   [--metric test_acc] [--out DIR] [--wandb entity/project]
-
 Reads run dirs (results.json, .hydra/ and csv/metrics.csv; any folder above them will do) or,
 with ``--wandb``, the runs of a W&B project. Runs are grouped by ``--by`` or else by every
 parameter (a config group's choice or a config value) that differs between them, except the
@@ -17,7 +14,6 @@ repeats; failed runs are listed under the table, not aggregated.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import statistics
@@ -32,19 +28,9 @@ from omegaconf import OmegaConf
 
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import RESULTS_FILE
+from cnnlab.runs.record import RunRecord, Status, flatten, is_identity
 
-# Config keys that say where or how a run was logged, not what it trained; and the seeds that
-# the aggregation averages over.
-IGNORED = (
-    "name",
-    "resume",
-    "paths",
-    "logger",
-    "callbacks",
-    "trainer.default_root_dir",
-    "model_summary",
-    "ablation",
-)
+# The seeds that the aggregation averages over.
 SEEDS = ("seed", "data.seed")
 CURVES = ("val_acc", "train_loss_epoch")
 
@@ -57,16 +43,6 @@ class Run:
     results: dict[str, Any]
     # metric name -> [(epoch, value)]
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted keys of the leaves of a nested dict; values as strings, for comparison."""
-    if not isinstance(tree, dict):
-        return {prefix: json.dumps(tree) if isinstance(tree, list) else str(tree)}
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def run_params(config: dict, choices: dict) -> dict[str, str]:
@@ -88,19 +64,22 @@ def read_curves(metrics_csv: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def load_local_run(run_dir: Path) -> Run:
-    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    results = RunRecord.read(run_dir)
+    if results is None:
+        raise CnnlabError(f"{run_dir / RESULTS_FILE} is not a JSON object of a run's results.")
     hydra_dir = run_dir / ".hydra"
     config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"))
     choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
     metrics_dir = run_dir
-    if results["status"] == "skipped":
+    status = results.get("status")
+    if status == Status.SKIPPED and results.same_as is not None:
         # A skipped job repeats an earlier run: its metrics are that run's.
-        metrics_dir = Path(results["same_as"])
-        original = json.loads((metrics_dir / RESULTS_FILE).read_text())
-        results = {**original, "same_as": results["same_as"], "job_status": "skipped"}
+        metrics_dir = results.same_as
+        original = RunRecord.read(metrics_dir) or RunRecord(status=Status.MISSING.value)
+        results = RunRecord({**original, "same_as": str(metrics_dir)})
     return Run(
         run_dir=str(run_dir),
-        status=results.get("job_status", results["status"]),
+        status=status,
         params=run_params(config, OmegaConf.to_container(choices)),
         results=results,
         curves=read_curves(metrics_dir / "csv" / "metrics.csv"),
@@ -173,12 +152,11 @@ def load_wandb(project: str) -> list[Run]:
 
 def differing(runs: list[Run]) -> list[str]:
     """The parameters whose values differ between runs, but not the seed, the places runs were
-    logged to, nor the values inside a config group whose choice differs."""
+    logged to (no part of a run's identity), nor the values inside a config group whose choice
+    differs."""
     keys = sorted({k for r in runs for k in r.params})
     varied = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
-    ignored = [
-        k for k in varied if k in SEEDS or any(k == i or k.startswith(i + ".") for i in IGNORED)
-    ]
+    ignored = [k for k in varied if k in SEEDS or not is_identity(k)]
     groups = [k for k in varied if "." not in k]
     return [
         k for k in varied if k not in ignored and not any(k.startswith(g + ".") for g in groups)
@@ -222,7 +200,7 @@ def group_runs(runs: list[Run], by: list[str], metric: str) -> list[Group]:
     """Runs that completed (or repeat a completed run) grouped by the values of ``by``."""
     buckets: dict[tuple[str, ...], list[Run]] = defaultdict(list)
     for run in runs:
-        if run.results.get("status") == "completed" or run.status == "completed":
+        if Status.COMPLETED in (run.results.get("status"), run.status):
             buckets[tuple(run.params.get(k, "") for k in by)].append(run)
     groups = []
     for values, members in buckets.items():

@@ -1,8 +1,5 @@
 """What multi-crop testing and model ensembles buy, and what they cost.
 
-    cnnlab-ensemble outputs/multirun/2026-11-25/22-30-00_sweep [more run dirs ...]
-                    [--tta ten_crop] [--out DIR] [--batch-size N] [--repeats R] [--device cpu]
-
 AlexNet (Krizhevsky et al., 2012, sections 4.1 and 6) and VGG (Simonyan and Zisserman, 2015,
 sections 3.2 and 4.3) report test accuracy with ten crops per image and with the softmax outputs of
 several models averaged; practitioners quote such gains as 1-2% for 3-15x the test-time compute.
@@ -25,11 +22,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.analysis.compare import flatten, load_local
-from cnnlab.augment.tta import TTA_MODES, tta_probs, views
+from cnnlab.analysis.compare import load_local
+from cnnlab.augment.tta import tta_mode, views
+from cnnlab.config.schema import TTAMode
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.evaluate import data_config
 from cnnlab.inference.loading import Trained, load, load_test_split
+from cnnlab.runs.record import Status, flatten
 
 # Data settings that change how the test split is batched or found, never which images it holds.
 LOADING_KEYS = ("batch_size", "eval_batch_size", "num_workers", "download")
@@ -39,7 +38,7 @@ SETTINGS = ("single", "single_tta", "ensemble", "ensemble_tta")
 def completed_run_dirs(paths: list[Path]) -> list[Path]:
     """The completed runs at or below ``paths``, a skipped run replaced by the run it repeats."""
     runs = load_local(paths)
-    done = [r for r in runs if r.results.get("status") == "completed"]
+    done = [r for r in runs if r.results.get("status") == Status.COMPLETED]
     if not done:
         statuses = ", ".join(sorted({r.status for r in runs}))
         raise CnnlabError(
@@ -114,12 +113,6 @@ def check_compatible(members: list[Trained], batch_size: int | None):
     return datamodule
 
 
-def member_probs(trained: Trained, images: torch.Tensor, tta: str) -> torch.Tensor:
-    """Softmax probabilities of uint8 images, averaged over the views of ``tta``."""
-    with trained.autocast():
-        return tta_probs(trained.module, trained.inputs(images), tta)
-
-
 def timed(device: torch.device, compute: Callable, *args) -> tuple[torch.Tensor, float]:
     """``compute(*args)`` and the seconds it took, the device's queued work included."""
     start = time.perf_counter()
@@ -137,7 +130,7 @@ def predict(
     device = members[0].device
     probs, seconds = [], []
     for member in members:
-        p, s = timed(device, member_probs, member, images, tta)
+        p, s = timed(device, member.probs, images, tta)
         probs.append(p)
         seconds.append(s)
     stacked = torch.stack(probs)
@@ -174,11 +167,13 @@ def ensemble(
 ) -> dict:
     """Test accuracy and inference time of one model, one model with ``tta``, the ensemble of
     the runs ``run_dirs`` and the ensemble with ``tta``, on their common test split."""
-    if tta not in TTA_MODES or tta == "none":
+    mode = tta_mode(tta, "--tta")
+    if mode is TTAMode.none:
         raise CnnlabError(
-            f"--tta {tta}: expected a multi-view mode of cnnlab.augment.tta: "
-            f"{', '.join(m for m in TTA_MODES if m != 'none')}."
+            "--tta none: expected a multi-view mode of cnnlab.augment.tta: "
+            f"{', '.join(m.value for m in TTAMode if m is not TTAMode.none)}."
         )
+    tta = mode.value
     if repeats < 1:
         raise CnnlabError(f"--repeats {repeats}: expected 1 or more passes to time.")
     members = [load(d, device) for d in run_dirs]

@@ -1,5 +1,6 @@
-"""What every command-line entry point shares: the run-or-checkpoint argument and one way of
-reporting a user error (a one-paragraph message and exit status 2)."""
+"""What every command-line entry point shares (the convention of :mod:`cnnlab.cli`): the
+run-or-checkpoint argument, one way of reporting a user error and one of naming the files a
+command wrote."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 from cnnlab.errors import CnnlabError
+
+USER_ERROR = 2  # as argparse exits for bad arguments
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +25,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def print_error(error: CnnlabError) -> None:
+    print(f"cnnlab: error: {error}", file=sys.stderr)
+
+
+def exit_with(error: CnnlabError) -> NoReturn:
+    """End a Hydra-composed command (whose main returns no status) on a user error."""
+    print_error(error)
+    sys.exit(USER_ERROR)
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """A malformed argument, reported as argparse reports one, for a command that parses its
+    arguments by hand."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(USER_ERROR)
+
+
 def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Wrap a command's main: a CnnlabError ends it with a one-paragraph message and exit status
     2, as in cnnlab-train, instead of a traceback."""
@@ -29,7 +51,14 @@ def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
         try:
             return main(argv)
         except CnnlabError as e:
-            print(f"cnnlab: error: {e}", file=sys.stderr)
-            return 2
+            print_error(e)
+            return USER_ERROR
 
     return wrapper
+
+
+def print_written(*paths: Path) -> None:
+    """The files a command wrote, one path per line with nothing else on it, at the end of its
+    output: ``cnnlab-eval RUN | tail -n 2`` gives them to a script."""
+    for path in paths:
+        print(path, flush=True)

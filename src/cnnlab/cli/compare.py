@@ -3,14 +3,8 @@
     cnnlab-compare outputs/multirun/2026-11-25/22-30-00_sweep [--by model,augmentation]
                    [--metric test_acc] [--out DIR] [--wandb entity/project]
 
-Reads run dirs (results.json, .hydra/ and csv/metrics.csv; any folder above them will do) or,
-with ``--wandb``, the runs of a W&B project. Runs are grouped by ``--by`` or else by every
-parameter (a config group's choice or a config value) that differs between them, except the
-seed; each group gets the mean +- sample standard deviation of the metric over its runs and their
-number n. Writes comparison.md, comparison.csv and PNG plots (learning curves with a band of one
-standard deviation over seeds, the metric against each grouping parameter and against MACs) and
-prints the Markdown table. A skipped run (``same_as``) counts with the metrics of the run it
-repeats; failed runs are listed under the table, not aggregated."""
+What it computes and writes: :mod:`cnnlab.analysis.compare`.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.analysis.compare import compare, load_local, load_wandb
-from cnnlab.cli.common import command
+from cnnlab.cli.common import command, print_written
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (args.paths[0] / "comparison" if len(args.paths) == 1 else Path("comparison"))
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     print(compare(runs, by, args.metric, out), end="")
-    print(f"wrote {out}/comparison.md, comparison.csv and plots")
+    print_written(out / "comparison.md", out / "comparison.csv", *sorted(out.glob("*.png")))
     return 0
 
 

@@ -3,15 +3,8 @@
     cnnlab-ensemble outputs/multirun/2026-11-25/22-30-00_sweep [more run dirs ...]
                     [--tta ten_crop] [--out DIR] [--batch-size N] [--repeats R] [--device cpu]
 
-AlexNet (Krizhevsky et al., 2012, sections 4.1 and 6) and VGG (Simonyan and Zisserman, 2015,
-sections 3.2 and 4.3) report test accuracy with ten crops per image and with the softmax outputs of
-several models averaged; practitioners quote such gains as 1-2% for 3-15x the test-time compute.
-This command measures both on the test split of trained runs (completed runs at or below the paths;
-a skipped run counts as the run it repeats): one model, one model with a TTA mode of
-cnnlab.augment.tta, the ensemble of all runs, and the ensemble with the TTA mode. Single-model
-accuracy is the mean +- sample standard deviation over the runs; each setting's inference time is
-the median over ``--repeats`` passes over the test split, the single model's timed on the first run.
-Writes ensemble.json and ensemble.md into ``--out`` and prints the Markdown table."""
+What it computes and writes: :mod:`cnnlab.analysis.ensemble`.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +13,9 @@ import sys
 from pathlib import Path
 
 from cnnlab.analysis.ensemble import completed_run_dirs, ensemble, markdown
-from cnnlab.augment.tta import TTA_MODES
-from cnnlab.cli.common import command
+from cnnlab.augment.tta import CHOICES
+from cnnlab.cli.common import command, print_written
+from cnnlab.config.schema import TTAMode
 from cnnlab.paths import write_json
 
 
@@ -32,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "TTA, the ensemble of the runs (softmax averaged) and the ensemble with TTA.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs or multirun dirs")
-    modes = [m for m in TTA_MODES if m != "none"]
+    modes = [m for m in CHOICES if m != TTAMode.none.value]
     parser.add_argument("--tta", default="ten_crop", choices=modes, help="default ten_crop")
     parser.add_argument("--out", type=Path, help="where to write (default: <first path>/ensemble)")
     parser.add_argument(
@@ -56,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "ensemble.json", report)
     (out / "ensemble.md").write_text(table)
     print(table, end="")
-    print(f"wrote {out}/ensemble.json and ensemble.md")
+    print_written(out / "ensemble.json", out / "ensemble.md")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.cli.common import add_common_arguments, command
+from cnnlab.cli.common import add_common_arguments, command, print_written
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.explain import (
     default_layer,
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     written.append(out / f"features-{feature_layer}.png")
     title = f"feature maps of {feature_layer} for {paths[0].name}: {maps.shape[1]} channels"
     plot_tiles(maps[0].float().cpu(), title, written[2], cmap="viridis")
-    print(f"Grad-CAM layer {cam_layer}; wrote " + ", ".join(map(str, written)))
+    print(f"Grad-CAM layer {cam_layer}")
+    print_written(*written)
     return 0
 
 

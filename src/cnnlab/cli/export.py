@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab.cli.common import add_common_arguments, command
+from cnnlab.cli.common import add_common_arguments, command, print_written
 from cnnlab.inference.export import FORMATS, SUFFIXES, TOLERANCE, check_images, export, metadata
 from cnnlab.inference.loading import load
 
@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     path = args.output or trained.checkpoint.with_suffix(SUFFIXES[args.format])
     images = check_images(trained, args.images, max(1, args.check_count))
     difference = export(trained, args.format, path, images)
-    print(f"wrote {path} ({args.format}, input {metadata(trained)['input_size']})")
+    print(f"{args.format}, input {metadata(trained)['input_size']}")
     verdict = "ok" if difference < TOLERANCE else "FAILED"
     print(
         f"check: max |logits({args.format}) - logits(pytorch)| = {difference:.3g} on "
         f"{len(images)} real images (tolerance {TOLERANCE:g}): {verdict}"
     )
+    print_written(path)
     return 0 if difference < TOLERANCE else 1
 
 

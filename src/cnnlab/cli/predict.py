@@ -9,6 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from cnnlab.augment.tta import CHOICES, tta_mode
 from cnnlab.cli.common import add_common_arguments, command
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import load
@@ -41,9 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--tta",
-        choices=("none", "flip"),
-        default="none",
-        help="flip: average the logits with those of the mirrored image",
+        choices=CHOICES,
+        help="average the class probabilities over the views of this test-time augmentation "
+        "(flip stands for hflip; default: the run's own eval.tta)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_intermixed_args(argv)
@@ -54,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     trained = load(args.source, args.device)
     found = find_images(args.images)
-    rows, failures = predict(
-        trained, found.paths, max(1, args.top_k), max(1, args.batch_size), args.tta == "flip"
-    )
+    tta = trained.tta if args.tta is None else tta_mode(args.tta, "--tta")
+    rows, failures = predict(trained, found.paths, max(1, args.top_k), max(1, args.batch_size), tta)
     failures = found.problems + failures
     for _, error in failures:
         print(f"cnnlab-predict: skipped: {error}", file=sys.stderr)

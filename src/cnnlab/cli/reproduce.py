@@ -1,18 +1,9 @@
-"""Reproduce the source texts' claims: run an ablation experiment, aggregate it over seeds,
-judge the claim and write the result into the ablations page.
+"""Reproduce the source texts' claims and write their measured tables into docs/ablations.md.
 
     python scripts/reproduce.py <name>... | all  [--scale ci|cpu|gpu] [--doc FILE]
 
-Each claim is an experiment under conf/experiment/ablation/ whose ``ablation`` section states the
-claim, the paper's figure, how to group the runs, what the claim predicts (``expect``) and the
-overrides of each scale; the experiment itself is the ``cpu`` scale. The runner starts
-``cnnlab-train -m experiment=ablation/<name>`` with the scale's overrides (an idempotent multirun:
-a second call skips what completed), groups the runs as ``cnnlab-compare`` does, and judges each
-prediction: *reproduced* when the difference has the predicted sign and exceeds the seed spread
-(the larger standard deviation of the two groups), *not reproduced at this scale* when it has the
-other sign and exceeds the spread, *inconclusive* within the spread. The claim's verdict is the
-worst of its predictions. The section of the page between the claim's markers is replaced, the
-others are kept."""
+What it computes and writes: :mod:`cnnlab.analysis.ablation`.
+"""
 
 from __future__ import annotations
 

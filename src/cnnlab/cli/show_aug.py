@@ -4,7 +4,6 @@ or W&B when training starts."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,9 +15,12 @@ from torchvision.utils import save_image
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
 from cnnlab.augment.preview import REPEATS, augmentation_grid
-from cnnlab.config.schema import validate
+from cnnlab.cli.common import exit_with, print_written
+from cnnlab.config.schema import register, validate
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import config_dir
+
+register()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -34,8 +36,7 @@ def main(cfg: DictConfig) -> None:
         images, labels = datamodule.train_set.images_and_labels(pick)
         augmentation.prepare(datamodule)
     except CnnlabError as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(e)
     preprocess = Preprocess(datamodule.channels, datamodule.image_size)
     grid = augmentation_grid(augmentation, images, labels, preprocess, REPEATS)
     choices = HydraConfig.get().runtime.choices
@@ -44,8 +45,9 @@ def main(cfg: DictConfig) -> None:
     save_image(grid, path)
     print(
         f"augmentation={choices.get('augmentation')} data={choices.get('data')}: first row the "
-        f"original images, then {REPEATS} augmented versions of them.\n{path}"
+        f"original images, then {REPEATS} augmented versions of them."
     )
+    print_written(path)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -22,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from cnnlab.cli.common import usage_error
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import CnnlabError
 from cnnlab.tracking.profile import Row, human, summarize
@@ -87,11 +87,6 @@ def print_summary(rows: list[Row], total_params: int, total_macs: int, title: st
     print(f"Total MACs: {total_macs} ({human(total_macs)})")
 
 
-def _error(message: str) -> NoReturn:
-    print(f"cnnlab-summary: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -102,11 +97,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         name, model, shape = build(args)
     except (HydraException, OmegaConfBaseException, CnnlabError) as e:
         # Hydra ends a missing-option message with its search path: noise on one line.
-        _error(str(e).split("Config search path:")[0])
+        usage_error("cnnlab-summary", str(e).split("Config search path:")[0])
     try:
         rows, total_params, total_macs = summarize(model, shape)
     except RuntimeError as e:
-        _error(f"model={name} cannot take a 1x{'x'.join(map(str, shape))} input: {e}")
+        usage_error(
+            "cnnlab-summary", f"model={name} cannot take a 1x{'x'.join(map(str, shape))} input: {e}"
+        )
     print_summary(rows, total_params, total_macs, f"{name}, input 1x{'x'.join(map(str, shape))}")
 
 

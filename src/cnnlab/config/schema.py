@@ -13,12 +13,10 @@ schema needs the class imported, and importing Lightning takes seconds, which ``
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import enum
 import functools
 import importlib
-import importlib.util
 import inspect
 import types
 import typing
@@ -32,6 +30,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab.config.job import job_name, sweep_group
+from cnnlab.config.lightning_source import trainer_defaults_from_source
 from cnnlab.errors import CnnlabError
 
 
@@ -102,8 +101,11 @@ def split_options(node: DictConfig, options: type) -> tuple[DictConfig, dict[str
 class ModuleConfig:
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.3
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
+    # null, auto (inverse class frequency of the training split) or one weight per class.
+    class_weights: Any = None
 
 
 @dataclass
@@ -246,30 +248,10 @@ def trainer_schema() -> type:
     return dataclasses.make_dataclass("TrainerConfig", keep)
 
 
-def _trainer_defaults() -> dict[str, Any] | None:
-    """lightning.Trainer's arguments and their defaults, read from its source file without
-    importing Lightning; None where the source is not laid out as in Lightning 2."""
-    spec = importlib.util.find_spec("lightning")
-    if spec is None or spec.origin is None:
-        return None
-    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
-    try:
-        tree = ast.parse(source.read_text())
-        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
-        init = next(n for n in cls.body if getattr(n, "name", None) == "__init__")
-        args = init.args
-        return {
-            a.arg: ast.literal_eval(d)
-            for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-        }
-    except (OSError, SyntaxError, StopIteration, ValueError, TypeError):
-        return None
-
-
 def _composable_trainer_schema() -> type:
     """Every Trainer argument with its default and any type: enough for Hydra to accept
     ``trainer.limit_train_batches=10`` while composing. :func:`validate` checks the types."""
-    defaults = _trainer_defaults()
+    defaults = trainer_defaults_from_source()
     if defaults is None:
         return trainer_schema()
     keep = [
@@ -280,6 +262,11 @@ def _composable_trainer_schema() -> type:
     return dataclasses.make_dataclass("TrainerArguments", keep)
 
 
+# Each default here is conf/train.yaml's (tests/test_defaults.py holds them equal): the YAML is
+# what users get, and a config composed without one of its groups must not train otherwise.
+DEFAULT_NAME = "${hydra:runtime.choices.model}-${hydra:runtime.choices.data}"
+
+
 @functools.cache
 def train_schema() -> type:
     trainer = _composable_trainer_schema()
@@ -287,8 +274,9 @@ def train_schema() -> type:
         "TrainConfig",
         [
             ("seed", int, field(default=42)),
-            ("name", str, field(default="default")),
+            ("name", str, field(default=DEFAULT_NAME)),
             ("resume", Optional[str], field(default=None)),
+            ("resume_fallback", bool, field(default=True)),
             ("ckpt_path", Optional[str], field(default=None)),
             ("skip_completed", bool, field(default=True)),
             ("test", bool, field(default=True)),

@@ -46,15 +46,16 @@ class TorchvisionArchive(InMemoryImages):
         batch_size: int = 256,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
-        samples_per_class: int | None = None,
+        samples_per_class: int | Sequence[int] | None = None,
         num_workers: int = 0,
         seed: int = 0,
         classes: Sequence[int] | None = None,
+        sampler: str | None = None,
         normalize: str = "pretrained",
     ) -> None:
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size, val_size,
-            samples_per_class, num_workers, seed, classes, normalize=normalize,
+            samples_per_class, num_workers, seed, classes, sampler, normalize,
         )  # fmt: skip
         self.root = Path(root).expanduser() if root else None
         self.download = download

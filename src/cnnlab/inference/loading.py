@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.augment.tta import tta_mode, tta_probs
+from cnnlab.config.schema import TTAMode
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.checkpoints import find_checkpoint, read_checkpoint
 from cnnlab.training.module import ClassificationModule, plain_state_dict
@@ -38,6 +40,11 @@ class Trained:
         return self.module.class_names
 
     @property
+    def tta(self) -> TTAMode:
+        """The run's own test-time augmentation, its ``eval.tta`` (none for older runs)."""
+        return tta_mode(OmegaConf.select(self.config, "eval.tta", default="none"))
+
+    @property
     def run_dir(self) -> Path:
         parent = self.checkpoint.parent
         return parent.parent if parent.name == "checkpoints" else parent
@@ -58,13 +65,16 @@ class Trained:
         return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Float logits of uint8 images; ``flip`` averages them with the mirrored images' (TTA)."""
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Float logits of uint8 images."""
         with self.autocast():
-            out = self.module(self.inputs(images)).float()
-            if flip:
-                out = (out + self.module(self.inputs(images.flip(-1))).float()) / 2
-        return out
+            return self.module(self.inputs(images)).float()
+
+    def probs(self, images: torch.Tensor, tta: str | TTAMode = TTAMode.none) -> torch.Tensor:
+        """Class probabilities of uint8 images, averaged over the views of ``tta`` as in the
+        run's own test (its ``test_acc_tta``)."""
+        with self.autocast():
+            return tta_probs(self.module, self.inputs(images), tta)
 
 
 def rebuild(config: DictConfig, class_names: list[str]) -> ClassificationModule:
@@ -75,14 +85,10 @@ def rebuild(config: DictConfig, class_names: list[str]) -> ClassificationModule:
         if key in model_cfg:
             model_cfg[key] = off
     data = config.data
-    shape = SimpleNamespace(
-        num_classes=data.num_classes,
-        channels=data.channels,
-        image_size=data.image_size,
-        class_names=class_names,
-    )
+    # The statistics come with the checkpoint's weights, in the preprocessing's buffers.
+    spec = DataSpec(data.num_classes, data.channels, data.image_size, tuple(class_names))
     try:
-        return build_module(config, shape, load_weights=False)
+        return build_module(config, spec, load_weights=False)
     except CnnlabError:
         raise
     except Exception as e:

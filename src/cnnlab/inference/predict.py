@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from hydra.utils import get_class
 
+from cnnlab.config.schema import TTAMode
 from cnnlab.data.image_folder import EXTENSIONS, ImageFiles
+from cnnlab.data.images import Geometry
 from cnnlab.errors import CnnlabError
 from cnnlab.inference.loading import Trained
 
@@ -65,8 +67,11 @@ def stored_format(trained: Trained) -> tuple[int, int]:
 def decode(trained: Trained, paths: list[Path]) -> tuple[list[Path], torch.Tensor, list]:
     """(decoded paths, their uint8 batch, [(path, error)] for the files that failed)."""
     channels, size = stored_format(trained)
-    # The image-folder data set's own decoder: the same mode conversion and resampling.
-    files = ImageFiles(paths, [0] * len(paths), channels, size)
+    # The image-folder data set's own decoder and evaluation geometry: the same mode conversion,
+    # resampling and centre crop (runs from before data.resize squashed the whole image).
+    data = trained.config.data
+    geometry = Geometry(size, data.get("resize", "squash"), crop_pct=data.get("crop_pct", 0.875))
+    files = ImageFiles(paths, [0] * len(paths), channels, size, geometry)
     ok, images, failed = [], [], []
     for i, path in enumerate(paths):
         try:
@@ -78,8 +83,11 @@ def decode(trained: Trained, paths: list[Path]) -> tuple[list[Path], torch.Tenso
     return ok, batch.to(torch.uint8), failed
 
 
-def predict(trained: Trained, paths: list[Path], top_k: int, batch_size: int, flip: bool = False):
-    """Per decoded image {"file", "top": [{"class", "index", "prob"}...]}, and the failures."""
+def predict(
+    trained: Trained, paths: list[Path], top_k: int, batch_size: int, tta: TTAMode = TTAMode.none
+):
+    """Per decoded image {"file", "top": [{"class", "index", "prob"}...]}, and the failures;
+    the probabilities averaged over the views of ``tta``."""
     k = min(top_k, len(trained.class_names))
     rows, failures = [], []
     for start in range(0, len(paths), batch_size):
@@ -87,7 +95,7 @@ def predict(trained: Trained, paths: list[Path], top_k: int, batch_size: int, fl
         failures += failed
         if not ok:
             continue
-        probs = trained.logits(images, flip=flip).softmax(dim=1).cpu()
+        probs = trained.probs(images, tta).cpu()
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(ok, top.values, top.indices, strict=True):
             picks = [

@@ -82,17 +82,19 @@ def group_settings(cfg: DictConfig) -> tuple[float, float, bool]:
     return lr, weight_decay, own.decay_norm_and_bias
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: DictConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` over the trainable parameters of ``model``; ``lr_scales``: the
+    learning-rate factors of a transfer strategy (cnnlab.transfer.strategies.TransferPlan)."""
     _, cls, args = _arguments(cfg, OptimizerOptions)
     lr, weight_decay, decay_norm_and_bias = group_settings(cfg)
-    # Transfer strategies leave per-parameter learning-rate scales on the model
-    # (cnnlab.transfer.strategies).
     groups = parameter_groups(
         model.named_parameters(),
         weight_decay,
         decay_norm_and_bias,
         lr,
-        getattr(model, "lr_scales", None),
+        lr_scales,
         decay_exempt(model, cfg),
     )
     return _construct(cls, "optimizer", groups, args)

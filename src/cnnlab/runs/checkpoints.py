@@ -3,14 +3,13 @@ peeking at the counters inside without loading the weights."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.paths import RESULTS_FILE
+from cnnlab.runs.record import RunRecord
 
 
 def find_checkpoint(source: Path) -> Path:
@@ -23,12 +22,11 @@ def find_checkpoint(source: Path) -> Path:
     if source.is_file():
         return source
     folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-    results = source / RESULTS_FILE
-    if results.is_file():
-        tested = json.loads(results.read_text()).get("tested_checkpoint")
-        # By name: the recorded path is absolute and goes stale when a run dir is moved.
-        if tested and (folder / Path(tested).name).is_file():
-            return folder / Path(tested).name
+    record = RunRecord.read(source)
+    tested = None if record is None else record.tested_checkpoint
+    # By name: the recorded path is absolute and goes stale when a run dir is moved.
+    if tested and (folder / tested.name).is_file():
+        return folder / tested.name
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     candidates = [*reversed(best), folder / "last.ckpt", *sorted(folder.glob("*.ckpt"))]
     found = next((p for p in candidates if p.is_file()), None)
@@ -66,6 +64,4 @@ def _checkpoint_step(path: Path) -> int:
 
 def _peek(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, mapped rather than read: cheap for the counters it holds."""
-    import torch
-
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -3,16 +3,18 @@ jobs, failure isolation, and the summary printed when the sweep ends.
 
 A failed job of a sweep is recorded (``status: failed`` and its error in results.json, the
 traceback in the job's log file) and the sweep goes on; :class:`SweepSummary`, a Hydra callback,
-lists every job's status at the end and exits non-zero if any failed.
+lists every job's status at the end and exits non-zero if any did not complete. A job skipped in
+its own dir (a re-run in a fixed sweep dir) keeps its results.json as it was; rank 0's decision
+in the dir tells the summary that this call skipped it.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.config.job import in_multirun
 from cnnlab.errors import CnnlabError
-from cnnlab.paths import RESULTS_FILE
+from cnnlab.paths import write_json
+from cnnlab.runs.planning import REFUSED, SKIP, SWEEP_CALL_ENV, read_decision
+from cnnlab.runs.record import RunRecord, Status
 
 log = logging.getLogger(__name__)
 
-# Statuses a job ends with; "skipped" and "interrupted" come from resumable multiruns.
-STATUSES = ("completed", "failed", "skipped", "interrupted", "running", "missing")
+# The statuses of jobs that did not complete: the sweep exits non-zero if it has any.
+NOT_DONE = (Status.FAILED, Status.INTERRUPTED, Status.RUNNING, Status.MISSING)
 
 
 def _parallel_jobs() -> int:
@@ -82,12 +86,25 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     )
 
 
-def read_job(job_dir: Path) -> dict[str, Any]:
-    """A job's results.json; ``status: missing`` if the job never got to write one."""
-    path = job_dir / RESULTS_FILE
-    if not path.is_file():
-        return {"status": "missing", "run_dir": str(job_dir)}
-    return json.loads(path.read_text())
+def read_job(job_dir: Path, call: str | None = None) -> dict[str, Any]:
+    """A job's results.json: ``status: missing`` if the job never got to write one; in the sweep
+    call ``call``, ``skipped`` if the call found it completed in its own dir and ``failed`` if
+    the call refused it (its dir holds another config's run, which stays as it was)."""
+    record = RunRecord.read(job_dir) or RunRecord(status=Status.MISSING.value, run_dir=str(job_dir))
+    decision = read_decision(job_dir)
+    if call is None or decision.get("call") != call:
+        return record
+    if decision.get("action") == REFUSED:
+        return {**record, "status": Status.FAILED.value, "error": decision["error"]}
+    same_as = decision.get("same_as")
+    here = same_as is not None and Path(same_as).resolve() == job_dir.resolve()
+    if decision.get("action") == SKIP and here and record.status == Status.COMPLETED:
+        return {
+            **record,
+            "status": Status.SKIPPED.value,
+            "same_as": f"{same_as} (completed before)",
+        }
+    return record
 
 
 def _overrides(job_dir: Path) -> str:
@@ -95,11 +112,12 @@ def _overrides(job_dir: Path) -> str:
     return ",".join(OmegaConf.load(path)) if path.is_file() else ""
 
 
-def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """Every job's status, overrides and scores, and the count of jobs per status."""
+def summarize_sweep(sweep_dir: Path, call: str | None = None) -> dict[str, Any]:
+    """Every job's status, overrides and scores (as sweep call ``call`` left them), and the count
+    of jobs per status."""
     jobs = []
     for job_dir in job_dirs(sweep_dir):
-        results = read_job(job_dir)
+        results = read_job(job_dir, call)
         jobs.append(
             {
                 "job": job_dir.name,
@@ -110,7 +128,7 @@ def summarize_sweep(sweep_dir: Path) -> dict[str, Any]:
                 "detail": results.get("error") or results.get("same_as") or "",
             }
         )
-    counts = {s: sum(j["status"] == s for j in jobs) for s in STATUSES}
+    counts = {s.value: sum(j["status"] == s for j in jobs) for s in Status}
     best = sweep_dir / "optimization_results.yaml"
     summary = {"sweep_dir": str(sweep_dir), "counts": counts, "jobs": jobs}
     if best.is_file():
@@ -145,13 +163,14 @@ class SweepSummary(Callback):
         # The sweep dir lies under paths.output_root, which follows ${hydra:runtime.cwd}: the
         # sweeper resolves it before Hydra has set its config, as it does for each job.
         HydraConfig.instance().set_config(config)
+        os.environ[SWEEP_CALL_ENV] = uuid.uuid4().hex
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = summarize_sweep(sweep_dir)
-        (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = summarize_sweep(sweep_dir, os.environ.get(SWEEP_CALL_ENV))
+        write_json(sweep_dir / "summary.json", summary)
         print_sweep(summary)
-        bad = sum(summary["counts"][s] for s in ("failed", "interrupted", "running", "missing"))
+        bad = sum(summary["counts"][s] for s in NOT_DONE)
         if bad:
             print(
                 f"cnnlab: error: {bad} of {len(summary['jobs'])} jobs of the sweep did not "

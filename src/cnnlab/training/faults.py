@@ -3,8 +3,12 @@ takes up exactly where the interrupted one stopped, and a stop at the first non-
 
 from __future__ import annotations
 
+import errno
 import math
 import random
+import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +17,73 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torchmetrics import Metric
 
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import atomic_write
+from cnnlab.training.compat import (
+    add_logged_sums,
+    logged_sums,
+    metric_states,
+    restore_loader_position,
+    restore_metric_states,
+    save_last_checkpoint,
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``<file>.part`` in the checkpoint's own folder, flushes it to the disk and renames it
-    over the checkpoint: a kill or a power cut during a save leaves the previous file whole.
-    (Lightning's own writer may stage the file in /tmp, and a move across file systems is a copy
-    into the target path.)"""
+    over the checkpoint: a kill, a power cut or a full disk during a save leaves the previous file
+    whole. (Lightning's own writer may stage the file in /tmp, and a move across file systems is a
+    copy into the target path.)"""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)
+        path = Path(path)
+        try:
+            atomic_write(path, lambda f: torch.save(checkpoint, f), fsync=True)
+        except (OSError, RuntimeError) as e:
+            # torch's zip writer reports a full disk as "unexpected pos", without the errno.
+            need, free = tensor_bytes(checkpoint), shutil.disk_usage(path.parent).free
+            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            if not (full or free < need):
+                raise
+            raise CnnlabError(disk_full(path, need, free)) from None
+
+
+def tensor_bytes(tree: Any) -> int:
+    """The bytes of the tensors in a checkpoint: about the size of its file."""
+    if isinstance(tree, torch.Tensor):
+        return tree.nbytes
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def disk_full(path: Path, need: int, free: int) -> str:
+    """The paragraph for a checkpoint save that ran out of space: the disk, the space needed."""
+    mount = path.resolve().parent
+    while not mount.is_mount():
+        mount = mount.parent
+    return (
+        f"The disk filled up while saving {path}: the file system mounted at {mount} has "
+        f"{free / 2**20:.1f} MiB free and the checkpoint needs about {need / 2**20:.1f} MiB. "
+        "The previous checkpoints are whole. Free space there (or move the run dir to a larger "
+        "disk), then continue the run from its last checkpoint with resume=<run dir>; a "
+        "multirun re-run retries the job."
+    )
 
 
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``, rewritten every ``every_n_train_steps`` steps and at the end of every epoch,
     so that a killed run loses at most that many steps. (ModelCheckpoint's own ``save_last``
     writes only when another checkpoint is written, e.g. when the validation accuracy improved.)
+
+    SIGTERM (a scheduler's pre-emption) and a first Ctrl-C stop training at the end of the step
+    in progress, with ``last.ckpt`` written at that step, by raising :class:`Interrupted`. (In
+    place of Lightning's own SIGTERM handling, which stops without a checkpoint and exits 0.) A
+    signal during validation takes effect at the epoch-end save after it; a second Ctrl-C raises
+    KeyboardInterrupt at once.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
@@ -44,11 +95,52 @@ class LastCheckpoint(ModelCheckpoint):
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
+        self._signal: int | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its own handlers (at the start of fit), in the process that
+        # trains; signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._stop_if_signalled(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Skipped when a step-triggered save has just written this very state.
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        if self._signal is None:
+            return
+        save_last_checkpoint(self, trainer)
+        name = signal.Signals(self._signal).name
+        print(
+            f"cnnlab: {name} at step {trainer.global_step}: wrote last.ckpt, status interrupted; "
+            "resume=auto (or resume=<run dir>) continues from here.",
+            flush=True,
+        )
+        raise Interrupted(128 + self._signal)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
+
+
+class Interrupted(SystemExit):
+    """Training stopped by a signal, after last.ckpt was written; the process exits with
+    128 + the signal number (143 for SIGTERM, 130 for Ctrl-C), as a process killed by the signal
+    reports, which job scripts and schedulers (SLURM's requeue) read as a killed job."""
 
 
 def rng_states() -> dict[str, Any]:
@@ -88,55 +180,33 @@ class ExactResume(L.Callback):
         # 100 steps), and a resumed run's logs continue them without a gap.
         for logger in trainer.loggers:
             logger.save()
-        logged = trainer.fit_loop.epoch_loop._results
         checkpoint["exact_resume"] = {
             "rng": rng_states(),
-            "sums": {k: dict(r.metric_state) for k, r in logged.items() if r.is_tensor},
-            "metrics": {
-                name: {**m.metric_state, "_update_count": m._update_count}
-                for name, m in pl_module.named_modules()
-                if isinstance(m, Metric) and m._update_count
-            },
+            "sums": logged_sums(trainer),
+            "metrics": metric_states(pl_module),
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._saved = checkpoint.get("exact_resume")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning hands the loader its saved position only when it makes the training loader
-        # after restoring the checkpoint; configure_optimizers' estimated_stepping_batches makes
-        # it before. Loading here, before the first batch is drawn, works in either order.
-        trainer.fit_loop._load_combined_loader_states()
+        # Here, before the first batch is drawn, whenever Lightning made the training loader.
+        restore_loader_position(trainer)
         if self._saved is None:
             return
         # Restored here, as the first batch is about to be drawn: restoring the checkpoint comes
         # before steps (building the optimizer, the sanity check) that may draw numbers too.
         set_rng_states(self._saved["rng"])
-        modules = dict(pl_module.named_modules())
-        for name, state in self._saved["metrics"].items():
-            for key, value in state.items():
-                setattr(modules[name], key, value)
+        restore_metric_states(pl_module, self._saved["metrics"])
         self._sums = self._saved["sums"]
         self._saved = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Lightning makes the logged values' accumulators at their first log call, so the sums
         # from before the interruption are added after the first batch of the resumed run.
-        if not self._sums:
-            return
-        logged = trainer.fit_loop.epoch_loop._results
-        for key, saved in self._sums.items():
-            if key not in logged:
-                continue
-            result = logged[key]
-            if result.meta.is_max_reduction:
-                result.value = torch.maximum(result.value, saved["value"])
-            elif result.meta.is_min_reduction:
-                result.value = torch.minimum(result.value, saved["value"])
-            else:
-                for name, value in saved.items():
-                    setattr(result, name, getattr(result, name) + value.to(result.value.device))
-        self._sums = {}
+        if self._sums:
+            add_logged_sums(trainer, self._sums)
+            self._sums = {}
 
 
 class StopOnNonFiniteLoss(L.Callback):

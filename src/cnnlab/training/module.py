@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
@@ -15,13 +17,25 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
 )
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
-from cnnlab.augment.tta import TTA_MODES, tta_probs
+from cnnlab.augment.tta import tta_mode, tta_probs
+from cnnlab.config.schema import TTAMode
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import InputStats
 from cnnlab.optim.factory import build_optimizer, build_scheduler, lightning_scheduler
+from cnnlab.training.compat import attached_trainer, logs_this_step
+from cnnlab.transfer.feature_cache import FeatureCache
+
+# torch.compile's modes: it checks the name only when the model first runs, deep in a step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+log = logging.getLogger(__name__)
 
 
 def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -30,6 +44,28 @@ def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     if isinstance(out, (tuple, list)):
         return out[0], tuple(out[1:])
     return out, ()
+
+
+def inverse_frequency(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights n / (k * n_c) for the k classes present (scikit-learn's "balanced"): on
+    average over the training images a weight is 1, so the learning rate keeps its meaning.
+    Classes without images get 0."""
+    counts = counts.double()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def macro_metrics(num_classes: int) -> dict[str, nn.Module]:
+    """Class-averaged metrics, each class counting alike however many images it has (next to
+    micro accuracy, which a large class dominates)."""
+    return {
+        "acc_macro": MulticlassAccuracy(num_classes, average="macro"),
+        "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+        "recall_macro": MulticlassRecall(num_classes, average="macro"),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+    }
 
 
 def plain_state_dict(state_dict: dict) -> dict:
@@ -49,27 +85,35 @@ class ClassificationModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        num_classes: int,
-        channels: int,
-        image_size: int,
+        data: DataSpec,
         optimizer: DictConfig,
         scheduler: DictConfig,
         label_smoothing: float = 0.0,
         aux_loss_weight: float = 0.3,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str = "default",
         augmentation: nn.Module | None = None,
-        class_names: list[str] | None = None,
-        tta: str = "none",
+        tta: str | TTAMode = TTAMode.none,
+        callbacks: Sequence[L.Callback] = (),
+        lr_scales: Mapping[str, float] | None = None,
+        feature_cache: FeatureCache | None = None,
+        run_config: dict | None = None,
+        class_weights: str | list[float] | None = None,
         input_stats: InputStats | None = None,
     ) -> None:
+        """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
+        transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
+        resolved config, goes into every checkpoint, which the trained-model commands rebuild
+        the run from."""
         super().__init__()
         self.model = model
-        self.preprocess = Preprocess(channels, image_size)
+        num_classes = data.num_classes
+        self.preprocess = Preprocess(data.channels, data.image_size)
+        if data.mean:
+            self.preprocess.set_stats(data.mean, data.std)
         self.augmentation = as_augmentation(augmentation)
-        if tta not in TTA_MODES:
-            raise CnnlabError(f"eval.tta={tta!r}: expected one of {', '.join(TTA_MODES)}.")
-        self.tta = tta
+        self.tta = tta_mode(tta)
         # Those of the pretrained weights the model starts from: data.normalize=pretrained uses
         # them instead of the data set's.
         self.input_stats = input_stats
@@ -77,9 +121,11 @@ class ClassificationModule(L.LightningModule):
         self.label_smoothing, self.aux_loss_weight = label_smoothing, aux_loss_weight
         self.channels_last = channels_last
         self.num_classes = num_classes
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.class_names = list(data.class_names) or [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric()
+        # No NaN check: torchmetrics' check reads the loss on the host (a sync every step); a NaN
+        # loss should show in the epoch mean; StopOnNonFiniteLoss ends such a run.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
@@ -89,29 +135,65 @@ class ClassificationModule(L.LightningModule):
             self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.val_macro = nn.ModuleDict(macro_metrics(num_classes))
+        self.test_macro = nn.ModuleDict(macro_metrics(num_classes))
+        self.class_weights = class_weights
+        # Not persistent: "auto" weights come from the data at every fit, and checkpoints stay
+        # loadable whatever the weights were.
+        self.register_buffer("loss_weight", self._fixed_weights(class_weights), persistent=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_report: dict = {}
-        # Set by the transfer strategy (cnnlab.transfer.strategies): its callbacks, and while
-        # fitting with transfer.cache_features, the cache that stands in for the frozen backbone.
-        self.transfer_callbacks: list[L.Callback] = []
-        self.feature_cache = None
+        self.transfer_callbacks = list(callbacks)
+        self.lr_scales = dict(lr_scales or {})
+        self.feature_cache = feature_cache
+        self.run_config = run_config
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile_mode not in COMPILE_MODES:
+            raise CnnlabError(
+                f"module.compile_mode={compile_mode!r}: expected one of {', '.join(COMPILE_MODES)} "
+                "(torch.compile's modes; reduce-overhead captures CUDA graphs on a GPU)."
+            )
         if compile:
             # In place: the state dict keeps the plain model's keys (torch.compile(model) would
             # prefix them with _orig_mod.), so checkpoints load with compile on or off.
-            self.model.compile()
+            self.model.compile(mode=compile_mode)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and stage == "fit":
-            stats = InputStats(datamodule.mean, datamodule.std, "the training split's")
-            if self.input_stats is not None and datamodule.normalize == "pretrained":
+            # Set up now, the data module knows its training split's statistics.
+            data = DataSpec.of(datamodule)
+            stats = InputStats(list(data.mean), list(data.std), "the training split's")
+            normalize = getattr(datamodule, "normalize", "pretrained")
+            if self.input_stats is not None and normalize == "pretrained":
                 stats = self.input_stats
             self.preprocess.set_stats(stats.mean, stats.std)
             rank_zero_info(f"inputs normalised with the statistics {stats}")
-            self.class_names = list(datamodule.class_names) or self.class_names
+            self.class_names = list(data.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
+            if self.class_weights == "auto":
+                self.loss_weight = inverse_frequency(datamodule.class_counts()).to(self.device)
+                if getattr(datamodule, "sampler", None) == "balanced":
+                    log.warning(
+                        "module.class_weights=auto with data.sampler=balanced corrects the "
+                        "imbalance twice: rare classes then outweigh common ones; use one."
+                    )
+
+    def _fixed_weights(self, class_weights) -> torch.Tensor | None:
+        if class_weights is None or class_weights == "auto":
+            return None
+        if (
+            isinstance(class_weights, str)
+            or len(class_weights) != self.num_classes
+            or any(float(w) < 0 for w in class_weights)
+        ):
+            raise CnnlabError(
+                f"module.class_weights={class_weights!r}: expected null, auto (inverse class "
+                f"frequency in the training split) or {self.num_classes} weights >= 0, one per "
+                "class."
+            )
+        return torch.tensor([float(w) for w in class_weights])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
@@ -124,7 +206,8 @@ class ClassificationModule(L.LightningModule):
         return x, y
 
     def run_model(self, x: torch.Tensor):
-        return self.model(x) if self.feature_cache is None else self.feature_cache(x)
+        cache = self.feature_cache
+        return cache(x) if cache is not None and cache.active else self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return split_outputs(self.run_model(x))[0]
@@ -133,15 +216,17 @@ class ClassificationModule(L.LightningModule):
         x, y = batch
         logits, aux = split_outputs(self.run_model(x))
         # Mixup and CutMix give soft targets (N, K), which cross_entropy takes as probabilities.
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        smoothing, weight = self.label_smoothing, self.loss_weight
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
         for aux_logits in aux:
-            aux_loss = F.cross_entropy(aux_logits, y, label_smoothing=self.label_smoothing)
+            aux_loss = F.cross_entropy(aux_logits, y, weight=weight, label_smoothing=smoothing)
             loss = loss + self.aux_loss_weight * aux_loss
         self.train_acc.update(logits.detach(), y.argmax(1) if y.ndim == 2 else y)
         self.train_loss.update(loss.detach())
         # self.log costs about a millisecond of Python per call, a lot next to a small model's
         # step: log the step loss only on the steps the loggers write.
-        if self._trainer is not None and self._trainer._logger_connector.should_update_logs:
+        trainer = attached_trainer(self)
+        if trainer is not None and logs_this_step(trainer):
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -157,6 +242,9 @@ class ClassificationModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
+        for name in ("acc_macro", "f1_macro"):
+            self.val_macro[name].update(logits, y)
+            self.log(f"val_{name}", self.val_macro[name], on_epoch=True)
         if self.top5:
             self.val_acc_top5.update(logits, y)
             self.log("val_acc_top5", self.val_acc_top5, on_epoch=True)
@@ -168,7 +256,10 @@ class ClassificationModule(L.LightningModule):
             metric.update(logits, y)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True)
-        if self.tta != "none":
+        for name, metric in self.test_macro.items():
+            metric.update(logits, y)
+            self.log(f"test_{name}", metric, on_epoch=True)
+        if self.tta is not TTAMode.none:
             self.test_acc_tta.update(tta_probs(self, x, self.tta), y)
             self.log("test_acc_tta", self.test_acc_tta, on_epoch=True)
         if self.top5:
@@ -189,7 +280,7 @@ class ClassificationModule(L.LightningModule):
         return self.transfer_callbacks
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_cfg)
+        optimizer = build_optimizer(self.model, self.optimizer_cfg, self.lr_scales)
         total = self.trainer.estimated_stepping_batches
         batches = self.trainer.num_training_batches
         per_epoch = None
@@ -238,5 +329,5 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {
             "class_names": self.class_names,
-            "config": getattr(self, "run_config", None),
+            "config": self.run_config,
         }

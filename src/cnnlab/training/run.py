@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,21 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.augment.pipeline import changes_images
 from cnnlab.config.job import job_info
 from cnnlab.config.schema import validate
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.paths import RESULTS_FILE, write_json
 from cnnlab.runs import planning as runs
+from cnnlab.runs.record import Status
 from cnnlab.runs.sweep import share_machine
 from cnnlab.tracking.loggers import finish_wandb
+from cnnlab.tracking.profile import human
 from cnnlab.tracking.reporting import model_cost, print_summary
+from cnnlab.training.console import lightning_logs_once
 from cnnlab.training.ema import ema_callback, raw_weights
 from cnnlab.training.faults import AtomicCheckpointIO
 from cnnlab.training.module import ClassificationModule
 from cnnlab.transfer.strategies import prepare as prepare_transfer
 
 log = logging.getLogger(__name__)
-
-# Lightning's advice that does not apply here: in-memory data sets batch by indexing and need no
-# workers, and cnnlab preprocesses in the LightningModule's on_after_batch_transfer on purpose.
-for _message in ("does not have many workers", "overridden `on_after_batch_transfer`", "LeafSpec"):
-    warnings.filterwarnings("ignore", message=f".*{_message}.*")
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
@@ -82,36 +79,35 @@ def single_device(trainer: L.Trainer, cfg: DictConfig, bare: bool = False) -> L.
     )
 
 
-def build_module(cfg: DictConfig, datamodule, load_weights: bool = True) -> ClassificationModule:
-    """The LightningModule of ``cfg``; ``load_weights=False`` leaves the transfer strategy's
-    weights out (a checkpoint will fill the model)."""
+def build_module(
+    cfg: DictConfig, data: DataSpec, load_weights: bool = True
+) -> ClassificationModule:
+    """The LightningModule of ``cfg`` for data described by ``data``; ``load_weights=False``
+    leaves the transfer strategy's weights out (a checkpoint will fill the model)."""
     model = instantiate(cfg.model)
     augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
-    callbacks = prepare_transfer(
+    plan = prepare_transfer(
         model,
         cfg.transfer,
-        datamodule.num_classes,
-        datamodule.channels,
-        datamodule.image_size,
+        data,
+        cfg.optimizer,
         augmented=changes_images(augmentation),
         load=load_weights,
     )
-    module = ClassificationModule(
+    return ClassificationModule(
         model=model,
-        num_classes=datamodule.num_classes,
-        channels=datamodule.channels,
-        image_size=datamodule.image_size,
+        data=data,
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
         augmentation=augmentation,
-        class_names=datamodule.class_names,
         tta=cfg.eval.tta,
-        input_stats=getattr(getattr(model, "weights_report", None), "stats", None),
+        callbacks=plan.callbacks,
+        lr_scales=plan.lr_scales,
+        feature_cache=plan.feature_cache,
+        run_config=OmegaConf.to_container(cfg),
+        input_stats=None if plan.load_report is None else plan.load_report.stats,
         **cfg.module,
     )
-    module.run_config = OmegaConf.to_container(cfg)
-    module.transfer_callbacks = callbacks
-    return module
 
 
 def _best(trainer: L.Trainer) -> tuple[float | None, str | None]:
@@ -138,18 +134,6 @@ def _user_error(e: Exception) -> str | None:
     return None
 
 
-def lightning_logs_once() -> None:
-    """The ``lightning`` package gives its logger a console handler of its own and also lets its
-    messages reach the root logger, where Hydra has put a console and a train.log handler: every
-    Lightning message would print twice. Once the root logger has handlers, Lightning's goes."""
-    if not logging.getLogger().handlers:
-        return
-    lightning_logger = logging.getLogger("lightning")
-    for handler in list(lightning_logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            lightning_logger.removeHandler(handler)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as ``cfg`` says; return the results also written to results.json.
 
@@ -159,8 +143,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     lightning_logs_once()
     job = runs.start(cfg)
-    if job.same_as is not None:
+    if job.action == runs.SKIP:
         return runs.skip(job)
+    if job.action == runs.BUSY:
+        return runs.busy(job)
     cfg, run_dir, results = job.config, job.run_dir, job.results
     results.update(job_info())
     trainer = None
@@ -169,8 +155,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(share_machine(cfg))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
-        module = build_module(cfg, datamodule)
+        module = build_module(cfg, DataSpec.of(datamodule))
         results.update(model_cost(module))
+        size, channels = module.preprocess.image_size, module.preprocess.channels
+        log.info("model: %s MACs per %dx%dx%d image", human(results["macs"]), channels, size, size)
         trainer = build_trainer(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=job.checkpoint)
         results["epochs"] = runs.epochs_done(trainer, run_dir)
@@ -195,24 +183,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 raw = single_device(trainer, cfg, bare=True)
                 metrics = raw.test(module, datamodule=datamodule, verbose=False)[0]
                 results.update({f"{k}_raw": float(v) for k, v in metrics.items()})
-        results["status"] = "completed"
+        if datamodule.skipped_files:
+            results["skipped_files"] = datamodule.skipped_files
+            log.warning("%d unreadable image(s) skipped (results.json: skipped_files)",
+                        len(datamodule.skipped_files))  # fmt: skip
+        results.status = Status.COMPLETED
     except (KeyboardInterrupt, SystemExit):
-        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit.
-        results["status"] = "interrupted"
+        # Lightning turns Ctrl+C into a graceful shutdown that ends in SystemExit; so does
+        # cnnlab's SIGTERM handling, after it has saved last.ckpt.
+        results.status = Status.INTERRUPTED
         raise
     except Exception as e:
         user_error = _user_error(e)
-        results.update(status="failed", error=user_error or f"{type(e).__name__}: {e}")
+        results.update(status=Status.FAILED.value, error=user_error or f"{type(e).__name__}: {e}")
         if user_error:
             raise CnnlabError(user_error) from None
         raise
     finally:
-        results["wall_time_s"] = job.earlier.get("wall_time_s", 0) + time.perf_counter() - start
+        results["wall_time_s"] = job.earlier.wall_time_s + time.perf_counter() - start
         if not job.follower and (trainer is None or trainer.global_rank == 0):
-            write_json(run_dir / RESULTS_FILE, results)
+            results.write(run_dir)
             runs.finish(job, results)
+        job.release()
         if trainer is not None and trainer.global_rank == 0:
             # A run that never got to train ends with its error message alone.
             print_summary(results)
-        finish_wandb(0 if results["status"] == "completed" else 1)
+        finish_wandb(0 if results.status == Status.COMPLETED else 1)
     return results

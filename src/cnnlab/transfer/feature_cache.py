@@ -47,12 +47,18 @@ def head_input(model: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 class FeatureCache:
-    """``model``'s logits, with the input of its ``head`` module looked up per image."""
+    """``model``'s logits, with the input of its ``head`` module looked up per image. The
+    LightningModule runs it instead of the model while it is ``active``: from the start of
+    training, once :class:`FeatureCacheCallback` has filled it, to the end of fitting."""
 
     def __init__(self, model: nn.Module, head: str) -> None:
         self.model, self.head = model, model.get_submodule(head)
         self.rows: dict[bytes, int] = {}
         self.features: list[torch.Tensor] = []
+        self.active = False
+
+    def clear(self) -> None:
+        self.rows, self.features, self.active = {}, [], False
 
     def __len__(self) -> int:
         return len(self.features)
@@ -75,14 +81,15 @@ class FeatureCache:
 
 
 class FeatureCacheCallback(L.Callback):
-    """Gives the LightningModule a feature cache for fitting, filled with the whole training set
-    before the first epoch; testing runs the whole model."""
+    """Fills ``cache`` with the whole training set before the first epoch and keeps it active
+    while fitting; testing runs the whole model."""
 
-    def __init__(self, head: str) -> None:
-        self.head = head
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        cache = pl_module.feature_cache = FeatureCache(pl_module.model, self.head)
+        cache = self.cache
+        cache.clear()
         # In order and to the last image: filled lazily, the cache would meet new images in the
         # later epochs too (those that shuffling and drop_last left out), each a backbone run.
         loader = trainer.train_dataloader
@@ -98,6 +105,7 @@ class FeatureCacheCallback(L.Callback):
         for images, labels in batches:
             batch = (images.to(pl_module.device), labels)
             cache.add(pl_module.on_after_batch_transfer(batch, 0)[0])
+        cache.active = True
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.feature_cache = None
+        self.cache.clear()

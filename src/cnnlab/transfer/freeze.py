@@ -8,8 +8,10 @@ after validation, which puts such a layer back into training mode (the bug of Li
 
 cnnlab does as Keras: a frozen BatchNorm layer's class becomes a subclass of its own (named
 ``Frozen<Class>``, so printing the model shows it) whose ``training`` flag is always False,
-whatever sets it. Its parameters, buffers, state-dict keys and device stay as they were, and
-unfreezing restores the original class.
+whatever sets it. (A property is the only way: Lightning restores the flags by assigning
+``module.training``, and a hook would leave the flag True between forward passes.) Its
+parameters, buffers, state-dict keys and device stay as they were, and unfreezing restores the
+original class, which the frozen one names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import functools
 from collections.abc import Iterable
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+# The public BatchNorm classes (torch's common base of them is private); timm's BatchNormAct2d
+# and torchvision's models use these.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class FrozenNorm:
@@ -35,7 +40,9 @@ class FrozenNorm:
 
 @functools.cache
 def frozen_class(cls: type[nn.Module]) -> type[nn.Module]:
-    return type(f"Frozen{cls.__name__}", (FrozenNorm, cls), {"__module__": __name__})
+    return type(
+        f"Frozen{cls.__name__}", (FrozenNorm, cls), {"__module__": __name__, "unfrozen": cls}
+    )
 
 
 def is_frozen_norm(module: nn.Module) -> bool:
@@ -52,7 +59,7 @@ def freeze_norm(module: nn.Module) -> None:
 
 def unfreeze_norm(module: nn.Module, training: bool) -> None:
     if is_frozen_norm(module):
-        module.__class__ = module.__class__.__mro__[2]  # (Frozen<X>, FrozenNorm, X, ...)
+        module.__class__ = module.unfrozen
         module.training = training
     for p in module.parameters(recurse=False):
         p.requires_grad_(True)
@@ -63,7 +70,7 @@ def freeze(modules: Iterable[nn.Module]) -> None:
     statistics and never update them."""
     for module in modules:
         for m in module.modules():
-            if isinstance(m, _BatchNorm):
+            if isinstance(m, BATCH_NORMS):
                 freeze_norm(m)
         for p in module.parameters():
             p.requires_grad_(False)
@@ -77,9 +84,9 @@ def unfreeze(modules: Iterable[nn.Module], keep_norm_frozen: bool, training: boo
         for p in module.parameters():
             p.requires_grad_(True)
         for m in module.modules():
-            if isinstance(m, _BatchNorm) and keep_norm_frozen:
+            if isinstance(m, BATCH_NORMS) and keep_norm_frozen:
                 freeze_norm(m)
-            elif isinstance(m, _BatchNorm):
+            elif isinstance(m, BATCH_NORMS):
                 unfreeze_norm(m, training)
 
 
@@ -88,7 +95,7 @@ def norm_mode(module: nn.Module) -> str:
     modes = {
         "frozen" if is_frozen_norm(m) else "train"
         for m in module.modules()
-        if isinstance(m, _BatchNorm)
+        if isinstance(m, BATCH_NORMS)
     }
     if not modes:
         return "-"

@@ -34,15 +34,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnlab.config.schema import TransferConfig, TransferStrategy
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.models.weights import classifier_layers, load_weights, resolve
+from cnnlab.models.weights import LoadReport, classifier_layers, load_weights, resolve
 from cnnlab.optim.factory import (
     add_param_groups,
     decay_exempt,
     group_settings,
     parameter_groups,
 )
-from cnnlab.transfer.feature_cache import FeatureCacheCallback, head_input
+from cnnlab.transfer.feature_cache import FeatureCache, FeatureCacheCallback, head_input
 from cnnlab.transfer.freeze import freeze, parameter_table, unfreeze
 
 # Frozen BatchNorm layers are in eval mode on purpose.
@@ -127,7 +128,7 @@ def cut(model: nn.Module, cut_at: str, num_classes: int, channels: int, image_si
         names = [n for n, _ in parent.named_children()]
         for later in names[names.index(parts[depth - 1]) + 1 :]:
             if isinstance(parent, nn.Sequential):
-                del parent._modules[later]
+                delattr(parent, later)
             elif later != head and _has_params(getattr(parent, later)):
                 # Keeps the model's own forward: the dropped stage passes its input on.
                 setattr(parent, later, nn.Identity())
@@ -162,20 +163,25 @@ def backbone(model: nn.Module) -> Iterator[nn.Module]:
 
 class TwoStage(L.Callback):
     """At epoch ``epoch``: unfreeze ``blocks`` and train them in new optimizer parameter groups
-    at ``lr`` (the schedule continues, cnnlab.optim.factory.add_param_groups)."""
+    at ``lr``, with the weight decay of ``optimizer`` (the optimizer group's config; the schedule
+    continues, cnnlab.optim.factory.add_param_groups)."""
 
-    def __init__(self, unit: list[Block], epoch: int, lr: float, keep_bn_frozen: bool) -> None:
+    def __init__(
+        self, unit: list[Block], epoch: int, lr: float, keep_bn_frozen: bool, optimizer: DictConfig
+    ) -> None:
         self.unit, self.epoch, self.lr, self.keep_bn_frozen = unit, epoch, lr, keep_bn_frozen
+        self.optimizer = optimizer
+        _, self.weight_decay, self.decay_norm_and_bias = group_settings(optimizer)
         self.switched = False
 
     def switch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         modules = [m for b in self.unit for m in b.modules]
         unfreeze(modules, self.keep_bn_frozen, training=pl_module.training)
-        cfg = pl_module.optimizer_cfg
-        _, weight_decay, decay_norm_and_bias = group_settings(cfg)
         named = [(n, p) for m in modules for n, p in m.named_parameters()]
-        exempt = decay_exempt(pl_module.model, cfg)
-        groups = parameter_groups(named, weight_decay, decay_norm_and_bias, self.lr, None, exempt)
+        exempt = decay_exempt(pl_module.model, self.optimizer)
+        groups = parameter_groups(
+            named, self.weight_decay, self.decay_norm_and_bias, self.lr, None, exempt
+        )
         configs = trainer.lr_scheduler_configs
         add_param_groups(trainer.optimizers[0], configs[0].scheduler if configs else None, groups)
         self.switched = True
@@ -225,24 +231,39 @@ def check(cfg: DictConfig, augmented: bool) -> TransferStrategy:
     return strategy
 
 
+@dataclass
+class TransferPlan:
+    """What a strategy hands to training: the callbacks it needs, per-parameter learning-rate
+    factors (by parameter name, for cnnlab.optim.factory), the report of the weights loaded
+    (None without any) and, with ``cache_features``, the cache standing in for the frozen
+    backbone while fitting."""
+
+    strategy: TransferStrategy
+    callbacks: list[L.Callback] = field(default_factory=list)
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    load_report: LoadReport | None = None
+    feature_cache: FeatureCache | None = None
+
+
 def prepare(
     model: nn.Module,
     cfg: DictConfig,
-    num_classes: int,
-    channels: int,
-    image_size: int,
+    data: DataSpec,
+    optimizer: DictConfig,
     augmented: bool = False,
     load: bool = True,
-) -> list[L.Callback]:
+) -> TransferPlan:
     """Load the weights ``cfg`` names into ``model``, cut and freeze it as its strategy says, and
-    print what each part trains; return the callbacks the strategy needs. ``load=False`` builds
-    the architecture alone, for a checkpoint to fill."""
+    print what each part trains; return the plan for training (``optimizer`` is the optimizer
+    group's config). ``load=False`` builds the architecture alone, for a checkpoint to fill."""
     cfg = OmegaConf.merge(OmegaConf.structured(TransferConfig), cfg)  # older runs' configs too
     strategy = check(cfg, augmented)
+    # A model builder that loaded a library's weights reports it on the model it returns, as
+    # timm's models carry their pretrained_cfg (cnnlab.models.backbones).
     report = getattr(model, "weights_report", None)
     if load and cfg.init_from:
         state, source = resolve(cfg.init_from)
-        report = model.weights_report = load_weights(model, state, source)
+        report = load_weights(model, state, source)
     if report is not None:
         rank_zero_info(f"transfer: {report}")
     elif load and strategy is not TransferStrategy.scratch:
@@ -252,9 +273,9 @@ def prepare(
             "model's weights (model=torchvision model.weights=IMAGENET1K_V1, model=timm "
             "model.pretrained=true or model.weights_file=<file>)."
         )
-    callbacks: list[L.Callback] = []
+    plan = TransferPlan(strategy, load_report=report)
     if strategy is TransferStrategy.partial:
-        kept = cut(model, str(cfg.cut_at), num_classes, channels, image_size)
+        kept = cut(model, str(cfg.cut_at), data.num_classes, data.channels, data.image_size)
         if load:
             head = getattr(model, head_name(model))
             rank_zero_info(f"transfer: cut after {kept}; new head {head}")
@@ -266,11 +287,14 @@ def prepare(
     if strategy is TransferStrategy.two_stage:
         unit = blocks(model)
         top = unit[-cfg.unfreeze_blocks :] if cfg.unfreeze_blocks else unit
-        callbacks.append(TwoStage(top, cfg.unfreeze_epoch, cfg.stage2_lr, cfg.keep_bn_frozen))
+        plan.callbacks.append(
+            TwoStage(top, cfg.unfreeze_epoch, cfg.stage2_lr, cfg.keep_bn_frozen, optimizer)
+        )
     if cfg.backbone_lr_scale != 1.0 or cfg.layer_decay:
-        model.lr_scales = lr_scales(model, cfg.backbone_lr_scale, cfg.layer_decay)
+        plan.lr_scales = lr_scales(model, cfg.backbone_lr_scale, cfg.layer_decay)
     if cfg.cache_features:
-        callbacks.append(FeatureCacheCallback(head_name(model)))
+        plan.feature_cache = FeatureCache(model, head_name(model))
+        plan.callbacks.append(FeatureCacheCallback(plan.feature_cache))
     if load:  # for training; a rebuilt model's checkpoint says nothing about it
         rank_zero_info(f"transfer: {strategy.value}\n{parameter_table(model)}")
-    return callbacks
+    return plan
