@@ -199,6 +199,7 @@ class Shards(ImageDataModule):
         crop_pct: float = 0.875,
         hflip: bool = True,
         cache_dir: str | None = None,
+        normalize: str = "pretrained",
     ) -> None:
         if resize not in RESIZE:
             raise CnnlabError(f"data.resize={resize!r}: expected crop or squash.")
@@ -210,6 +211,7 @@ class Shards(ImageDataModule):
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size,
             default_workers() if num_workers is None else num_workers, seed,
+            normalize=normalize,
         )  # fmt: skip
         self.select_classes(names)
         self.crop = dict(resize=resize, scale=tuple(crop_scale), ratio=tuple(crop_ratio),
