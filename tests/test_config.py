@@ -38,7 +38,12 @@ def test_every_group_has_an_option():
     "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
 )
 def test_option_composes_and_validates(compose_cfg, image_tree, group, option):
-    extra = [f"data.root={image_tree}"] if option == "image_folder" else []
+    # The data options whose source the user must name: a tree of images, a folder of shards
+    # (which cnnlab-shards writes; composing reads neither).
+    extra = {
+        "image_folder": [f"data.root={image_tree}"],
+        "shards": [f"data.input_dir={image_tree}", "data.num_classes=3"],
+    }.get(option, [])
     cfg = validate(compose_cfg([f"{group}={option}", *extra]))
     assert cfg.data.num_classes >= 2
     # Each model config's forward pass and training step: tests/test_model_configs.py.
