@@ -54,7 +54,11 @@ def test_a_run_that_starts_registers_itself_and_a_dry_run_index_writes_nothing(t
     read_only = RunIndex(tmp_path, writable=False)
     assert read_only.runs(fingerprint(config(tmp_path))) == []
     assert sorted(tmp_path.rglob("*")) == before
-    job = planning.start(config(tmp_path, resume="auto"))
+    # start() validates the config first: it needs optimizer and scheduler classes, which
+    # planning itself never reads.
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    constant = {"_target_": None, "warmup": 0}
+    job = planning.start(config(tmp_path, resume="auto", optimizer=sgd, scheduler=constant))
     try:
         assert job.action == planning.TRAIN
         assert entries(tmp_path) == ["new", "old"]
