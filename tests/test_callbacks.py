@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cnnlab.training.run import train
 from conftest import needs_fmnist
 
 
+@pytest.mark.heavy
 @needs_fmnist
 def test_early_stopping_ends_a_run_that_stops_improving(compose_cfg):
     """A learning rate of zero: val_acc never improves on the first epoch's, so with patience

@@ -28,7 +28,7 @@ def test_inverse_frequency_weights_average_one_over_the_images():
     assert weights[3] == 0 and torch.allclose(weights[2] / weights[0], torch.tensor(100.0))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @needs_fmnist
 def test_class_weights_lift_the_rare_class(compose_cfg, tmp_path):
     plain = train(compose_cfg(IMBALANCED))

@@ -160,6 +160,7 @@ def test_resnet_cifar_steps_logged_by_the_lr_monitor(compose_cfg):
     assert logged_lrs(Path(results["run_dir"])) == pytest.approx(expected)
 
 
+@pytest.mark.heavy
 @needs_fmnist
 def test_efficientnet_decay_every_fractional_epochs_logged_by_the_lr_monitor(compose_cfg):
     """20 training images in batches of 4: 5 steps an epoch, so 0.97 every 2.4 epochs is every

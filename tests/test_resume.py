@@ -386,7 +386,7 @@ def test_a_full_disk_fails_the_run_keeps_last_ckpt_and_a_rerun_retries_it(tmp_pa
 
 
 @needs_fmnist
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
     """Two cnnlab-train -m with one sweep dir, started together: each job dir's lock lets one
     of them train it; the other leaves it (busy) and goes on to the next job, or finds it

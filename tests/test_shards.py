@@ -85,7 +85,7 @@ def test_shards_hold_the_splits_and_their_counts(shards):
     assert x.dtype == torch.uint8 and set(y.tolist()) <= {0, 1, 2}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @needs_fmnist
 def test_trains_from_local_shards(shards, tmp_path):
     proc = run_cli([*TRAIN, f"data.input_dir={shards}", "data.num_workers=1"], cwd=tmp_path)
