@@ -36,7 +36,7 @@ from cnnlab.data.folder_index import (
     store_stats,
     verify,
 )
-from cnnlab.data.images import DECODE_ERRORS, RESIZE, Geometry, decode
+from cnnlab.data.images import DECODE_ERRORS, Geometry, check_geometry, decode
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -210,14 +210,7 @@ class ImageFolder(ImageDataModule):
                 f"data.on_corrupt={on_corrupt!r}: expected skip (leave out unreadable images "
                 "with a warning that lists them) or error (stop at the first one)."
             )
-        if resize not in RESIZE:
-            raise CnnlabError(
-                f"data.resize={resize!r}: expected crop (random crops of the full image for "
-                "training, resize and centre crop for evaluation) or squash (the whole image "
-                "resized to a square)."
-            )
-        if not 0 < crop_pct <= 1:
-            raise CnnlabError(f"data.crop_pct={crop_pct}: expected a fraction in (0, 1].")
+        check_geometry(resize, crop_pct)
         self.root = Path(root).expanduser()
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.samples_per_class, self.verify = samples_per_class, verify

@@ -16,6 +16,8 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.transforms.v2 import functional as TF
 
+from cnnlab.errors import CnnlabError
+
 RESIZE = ("crop", "squash")
 # What libjpeg-turbo and libpng read through torchvision.io, 1.2-1.3x faster than PIL for a
 # 400x300 JPEG on this machine (scripts/bench/data_decode.py); anything else goes through PIL.
@@ -59,6 +61,18 @@ def decode(data: bytes, channels: int, draft: int | None = None) -> torch.Tensor
         if draft is not None and img.format == "JPEG":
             img.draft(mode, (draft, draft))
         return pil_to_tensor(convert(img, mode))
+
+
+def check_geometry(resize: str, crop_pct: float) -> None:
+    """The data options of :class:`Geometry`, checked where a data module takes them."""
+    if resize not in RESIZE:
+        raise CnnlabError(
+            f"data.resize={resize!r}: expected crop (random crops of the full image for "
+            "training, resize and centre crop for evaluation) or squash (the whole image "
+            "resized to a square)."
+        )
+    if not 0 < crop_pct <= 1:
+        raise CnnlabError(f"data.crop_pct={crop_pct}: expected a fraction in (0, 1].")
 
 
 class Geometry:

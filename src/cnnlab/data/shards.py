@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cnnlab.data.base import ImageDataModule, TensorImages, Transform, default_workers
-from cnnlab.data.images import DECODE_ERRORS, RESIZE, Geometry, decode
+from cnnlab.data.images import DECODE_ERRORS, Geometry, check_geometry, decode
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import write_json
 
@@ -201,8 +201,7 @@ class Shards(ImageDataModule):
         cache_dir: str | None = None,
         normalize: str = "pretrained",
     ) -> None:
-        if resize not in RESIZE:
-            raise CnnlabError(f"data.resize={resize!r}: expected crop or squash.")
+        check_geometry(resize, crop_pct)
         self.input_dir = str(input_dir)
         self.meta = _read_meta(self.input_dir)
         if self.input_dir.startswith("s3://"):
