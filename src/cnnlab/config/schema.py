@@ -106,6 +106,9 @@ class ModuleConfig:
     compile_mode: str = "default"
     # null, auto (inverse class frequency of the training split) or one weight per class.
     class_weights: Any = None
+    # null or the options of cnnlab.augment.resolution.ResolutionRamp, which checks them (an
+    # Optional dataclass here would make OmegaConf refuse to merge a dict into the null).
+    progressive_resize: Any = None
 
 
 @dataclass

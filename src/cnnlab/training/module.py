@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.augment.pipeline import Preprocess, as_augmentation
+from cnnlab.augment.resolution import ResolutionRamp
 from cnnlab.augment.tta import tta_mode, tta_probs
 from cnnlab.config.schema import TTAMode
 from cnnlab.data.spec import DataSpec
@@ -101,6 +102,7 @@ class ClassificationModule(L.LightningModule):
         run_config: dict | None = None,
         class_weights: str | list[float] | None = None,
         input_stats: InputStats | None = None,
+        progressive_resize: Mapping | None = None,
     ) -> None:
         """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
         transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
@@ -113,6 +115,11 @@ class ClassificationModule(L.LightningModule):
         if data.mean:
             self.preprocess.set_stats(data.mean, data.std)
         self.augmentation = as_augmentation(augmentation)
+        self.resolution = (
+            None
+            if progressive_resize is None
+            else ResolutionRamp.of(progressive_resize, data.image_size)
+        )
         self.tta = tta_mode(tta)
         # Those of the pretrained weights the model starts from: data.normalize=pretrained uses
         # them instead of the data set's.
@@ -200,6 +207,8 @@ class ClassificationModule(L.LightningModule):
         x = self.preprocess.to_unit_float(x)
         if self.training:
             x, y = self.augmentation(x, y)
+            if self.resolution is not None:
+                x = self.resolution(x, self.current_epoch)
         x = self.preprocess.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
