@@ -182,17 +182,20 @@ def test_batched_device_decode_crops_as_the_workers_do(mixed, channels, train):
         assert not torch.equal(again[0], again[1])
 
 
-def test_a_jpeg_that_fails_on_the_device_is_replaced_in_its_batch_and_named(mixed, tmp_path):
+def test_a_jpeg_that_fails_on_the_device_is_replaced_in_its_batch_and_named(
+    mixed, photos, tmp_path
+):
     whole = mixed[[p.name for p in mixed].index("rgb.jpg")].read_bytes()
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])  # the header is intact
     files = [tmp_path / "cut.jpg", *mixed[:3]]
     encoding = ImageFiles(files, [5, 6, 7, 8], 3, 32, Geometry(32, train=True), encoded=True)
     batch, labels, skipped = encoding.__getitems__([(i, i) for i in range(4)])
     assert skipped == []  # found where it is decoded, not in the workers
-    images, source, unreadable = batch.decode("cpu")
-    assert images.shape == (4, 3, 32, 32) and source == [1, 1, 2, 3]
-    assert labels[source].tolist() == [6, 6, 7, 8]
-    [(name, why)] = unreadable
+    # Lightning's hook between loader and model, as a data module runs it for such a batch.
+    dm = ImageFolder(root=str(photos), num_classes=3, num_workers=0, cache_dir=str(tmp_path))
+    images, got = dm.transfer_batch_to_device((batch, labels), torch.device("cpu"), 0)
+    assert images.shape == (4, 3, 32, 32) and got.tolist() == [6, 6, 7, 8]
+    [(name, why)] = dm.skipped_files.items()
     assert name.endswith("cut.jpg") and "truncated" in why
 
 

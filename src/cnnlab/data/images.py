@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -203,16 +202,15 @@ def decode_jpegs(files: list[bytes], channels: int, device) -> list[torch.Tensor
     return decoded
 
 
-@dataclass
 class EncodedBatch:
     """A batch as the DataLoader's workers hand it on with ``data.decode=gpu``: per image what
-    :func:`encode` made of it (bytes and crop, or the finished image), with its file's name."""
+    :func:`encode` made of it (bytes and crop, or the finished image), with its file's name.
+    (Not a dataclass: Lightning's input conversions walk into dataclasses and copy them.)"""
 
-    images: list[bytes | torch.Tensor]
-    crops: list[Crop | None]
-    names: list[str]
-    geometry: Geometry
-    channels: int
+    def __init__(self, images: list[bytes | torch.Tensor], crops: list[Crop | None],
+                 names: list[str], geometry: Geometry, channels: int) -> None:  # fmt: skip
+        self.images, self.crops, self.names = images, crops, names
+        self.geometry, self.channels = geometry, channels
 
     @classmethod
     def join(cls, batches: list[EncodedBatch]) -> EncodedBatch:
