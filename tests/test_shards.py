@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from litdata import optimize
 
 from cnnlab.cli.shards import main as shards_main
-from cnnlab.data.shards import Shards
+from cnnlab.data.images import Geometry
+from cnnlab.data.shards import ShardImages, Shards, collate_encoded
 from cnnlab.errors import CnnlabError
 from conftest import needs_fmnist, read_results, run_cli, run_dirs
 
@@ -134,6 +136,34 @@ def test_shards_command_rejects_other_overrides(tmp_path, capsys):
     assert shards_main([str(tmp_path / "o"), "model=lenet5"]) == 2
     assert "cnnlab-shards takes data=<option>" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+def jpeg_item(path: str):
+    yield {"image": Path(path).read_bytes(), "label": int(Path(path).stem) % 2}
+
+
+def test_encoded_shard_items_decode_on_the_device_as_the_workers_do(tmp_path):
+    """data.decode=gpu's path for shards, on the CPU device: the stored JPEGs (RGB and grey)
+    go to the device as bytes with the crops the workers would draw, and come out the same."""
+    from test_image_folder import photo
+
+    for i in range(6):
+        img = photo(i, (240, 180))
+        (img.convert("L") if i == 0 else img).save(tmp_path / f"{i}.jpg")
+    out = str(tmp_path / "train")
+    # The store cnnlab-shards writes per split (the same bytes and labels), for one split only.
+    optimize(fn=jpeg_item, inputs=sorted(map(str, tmp_path.glob("*.jpg"))), output_dir=out,
+             chunk_bytes="64MB", num_workers=1, start_method="fork")  # fmt: skip
+    geometry = Geometry(32, train=True, scale=(0.2, 1.0))
+    plain = ShardImages(out, 3, geometry, seed=5)
+    encoded = ShardImages(out, 3, geometry, encoded=True, seed=5)
+    expected = [plain[i] for i in range(len(plain))]
+    batch, labels = collate_encoded([encoded[i] for i in range(len(encoded))])
+    assert len(expected) == 6 and all(isinstance(x, bytes) for x in batch.images)
+    images, source, unreadable = batch.decode("cpu")
+    assert unreadable == [] and source == list(range(6))
+    assert torch.equal(images, torch.stack([x for x, _ in expected]))
+    assert torch.equal(labels, torch.stack([y for _, y in expected]))
 
 
 @pytest.mark.heavy

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cnnlab.data.images import EncodedBatch
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,48 @@ class BalancedSampler(EpochShuffle):
 
 
 SAMPLERS = ("balanced",)
+
+
+def draw_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of one image's random crop and augmentation: the run's seed, the epoch and the
+    draw's position in it (or, for shards, the item's index)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + position
+
+
+@contextlib.contextmanager
+def seeded(key: int | None):
+    """Torch's CPU generator seeded with ``key`` inside (and left as it was outside); nothing
+    changes for ``None``. A DataLoader worker's own stream depends on when the workers started,
+    which a resumed run changes; a seed per image does not."""
+    if key is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding and record a
+        # stack trace for it, per image.
+        torch.default_generator.manual_seed(key)
+        yield
+
+
+class KeyedDraws(Sampler):
+    """``sampler``'s draws as (index, key) pairs, the key from :func:`draw_seed`: the data set
+    crops and augments each draw under its own seed, so that a run resumed mid-epoch, with any
+    number of workers, crops every image as the uninterrupted run did (an image drawn twice in
+    an epoch, by the balanced sampler, gets two crops)."""
+
+    def __init__(self, sampler: EpochShuffle, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        for position, index in enumerate(self.sampler):
+            yield index, draw_seed(self.seed, epoch, position)
 
 
 def default_workers() -> int:
@@ -215,6 +258,8 @@ class ImageDataModule(L.LightningDataModule):
     # (channels, size) of the images as the data set stores them, if fixed (MNIST: 1, 28); None
     # for data sets that decode straight to ``channels`` and ``image_size``.
     stored_format: tuple[int, int] | None = None
+    # Where images are decoded: cpu (the DataLoader's workers) or gpu (batches on the device).
+    decode = "cpu"
 
     def __init__(
         self,
@@ -302,7 +347,32 @@ class ImageDataModule(L.LightningDataModule):
 
     def set_train_transform(self, transform: Transform | None) -> None:
         """Augment each training image in the DataLoader (workers) instead of on the device."""
+        self.check_train_transform(transform)
         self.train_set.transform = transform
+
+    def check_train_transform(self, transform: Transform | None) -> None:
+        if transform is not None and self.decode == "gpu":
+            raise CnnlabError(
+                "augmentation.where=per_sample augments each image in the DataLoader's workers, "
+                "but with data.decode=gpu they hold JPEG bytes, decoded on the device after "
+                "them: use augmentation.where=batched (the default, on the device) or "
+                "data.decode=cpu."
+            )
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Lightning's hook between the loader and the model: a batch of JPEG bytes
+        (``data.decode=gpu``) is decoded and cropped on ``device`` here."""
+        if isinstance(batch, (tuple, list)) and isinstance(batch[0], EncodedBatch):
+            images, source, found = batch[0].decode(device)
+            self.unreadable(found)
+            batch = (images, batch[1][source])
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def unreadable(self, found: Sequence[tuple[str, str]]) -> None:
+        """(name, reason) of the images that no decoder read on the device."""
+        if found:
+            listed = "; ".join(f"{name} ({why})" for name, why in found)
+            raise CnnlabError(f"{len(found)} image(s) cannot be decoded: {listed}.")
 
     @property
     def skipped_files(self) -> dict[str, str]:

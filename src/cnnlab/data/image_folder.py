@@ -18,12 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.base import (
     ImageDataModule,
+    KeyedDraws,
     ResumableLoader,
     Transform,
     channel_stats,
     default_workers,
     one_thread,
     per_class_subset,
+    seeded,
     stratified_split,
 )
 from cnnlab.data.folder_index import (
@@ -36,7 +38,16 @@ from cnnlab.data.folder_index import (
     store_stats,
     verify,
 )
-from cnnlab.data.images import DECODE_ERRORS, Geometry, check_geometry, decode
+from cnnlab.data.images import (
+    DECODE_ERRORS,
+    Crop,
+    EncodedBatch,
+    Geometry,
+    check_decode,
+    check_geometry,
+    decode,
+    encode,
+)
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -50,7 +61,10 @@ REFILL_TRIES = 64  # unreadable files in a row before a batch gives up
 class ImageFiles(Dataset):
     """Decodes image files to uint8 tensors (C, size, size) through ``geometry`` (default: the
     whole image squashed to the square). ``paths`` is anything that gives a file path by
-    position: a list, or a folder's index with the positions of one split."""
+    position: a list, or a folder's index with the positions of one split. A batch's indices
+    may come as (index, key) pairs (:class:`cnnlab.data.base.KeyedDraws`): each image is then
+    cropped and augmented under its key's seed. ``encoded``: batches are
+    :class:`cnnlab.data.images.EncodedBatch` (JPEG bytes and crops, decoded on the device)."""
 
     def __init__(
         self,
@@ -59,9 +73,10 @@ class ImageFiles(Dataset):
         channels: int,
         image_size: int,
         geometry: Geometry | None = None,
+        encoded: bool = False,
     ) -> None:
         self.files, self.labels = paths, torch.as_tensor(labels, dtype=torch.long)
-        self.channels = channels
+        self.channels, self.encoded = channels, encoded
         self.geometry = geometry or Geometry(image_size, "squash")
         # Statistics and previews see what evaluation sees: no random crop.
         self.eval_geometry = Geometry(
@@ -81,6 +96,14 @@ class ImageFiles(Dataset):
             data = f.read()
         return geometry(decode(data, self.channels, geometry.shortest if draft else None))
 
+    def _load(self, i: int, geometry: Geometry, transform: Transform | None, draft: bool,
+              encoded: bool) -> tuple[torch.Tensor, Crop | None]:  # fmt: skip
+        if encoded:
+            with open(self.files[i], "rb") as f:
+                return encode(f.read(), self.channels, geometry)
+        image = self.read(i, geometry, draft)
+        return (transform(image) if transform else image), None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             image = self.read(i, self.geometry)
@@ -88,19 +111,24 @@ class ImageFiles(Dataset):
             raise CnnlabError(f"Cannot decode image {self.files[i]}: {e}") from None
         return (self.transform(image) if self.transform else image), self.labels[i]
 
-    def _batch(self, indices, geometry: Geometry, transform: Transform | None, draft=False):
-        images, labels, skipped = [], [], []
-        for i in indices:
+    def _batch(self, indices, geometry: Geometry, transform: Transform | None, draft=False,
+               encoded=False):  # fmt: skip
+        images, crops, names, labels, skipped = [], [], [], [], []
+        for draw in indices:
+            i, key = draw if isinstance(draw, tuple) else (draw, None)
             for attempt in range(REFILL_TRIES):
                 # The next file takes an unreadable one's place: the batch keeps its size and
                 # the replacement is the same on every run and in every worker.
                 j = (int(i) + attempt) % len(self)
                 try:
-                    image = self.read(j, geometry, draft)
+                    with seeded(key):
+                        image, crop = self._load(j, geometry, transform, draft, encoded)
                 except DECODE_ERRORS as e:
                     skipped.append((str(self.files[j]), f"{type(e).__name__}: {e}".splitlines()[0]))
                     continue
-                images.append(transform(image) if transform else image)
+                images.append(image)
+                crops.append(crop)
+                names.append(str(self.files[j]))
                 labels.append(self.labels[j])
                 break
             else:
@@ -108,12 +136,15 @@ class ImageFiles(Dataset):
                     f"{REFILL_TRIES} image files in a row cannot be decoded, from "
                     f"{self.files[int(i)]} on (the last: {skipped[-1][1]}). Check the folder."
                 )
+        if encoded:
+            batch = EncodedBatch(images, crops, names, geometry, self.channels)
+            return batch, torch.stack(labels), skipped
         return torch.stack(images), torch.stack(labels), skipped
 
     def __getitems__(self, indices: Sequence[int]):
         """The batch at ``indices`` and the (path, reason) of each unreadable file replaced in
         it; :class:`FileLoader` takes the latter off before the batch goes on."""
-        return self._batch(indices, self.geometry, self.transform)
+        return self._batch(indices, self.geometry, self.transform, encoded=self.encoded)
 
     def images_and_labels(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded (not augmented, centre-cropped) images and labels at ``indices``."""
@@ -173,7 +204,9 @@ class ImageFolder(ImageDataModule):
     seeded stratified splits of the training images (``val_fraction``, ``test_fraction``) where
     they don't. Normalisation statistics come from a sample of the training folder, cached with
     its file index in ``cache_dir``. ``resize``, ``crop_scale``, ``crop_ratio``, ``crop_pct``
-    and ``hflip``: see :class:`cnnlab.data.images.Geometry`."""
+    and ``hflip``: see :class:`cnnlab.data.images.Geometry`. ``decode=gpu``: the workers read
+    JPEG files' bytes and draw their crops; batches are decoded and cropped on the device in
+    :meth:`transfer_batch_to_device` (other formats are decoded in the workers)."""
 
     def __init__(
         self,
@@ -199,6 +232,7 @@ class ImageFolder(ImageDataModule):
         hflip: bool = True,
         cache_dir: str | None = None,
         sampler: str | None = None,
+        decode: str = "cpu",
     ) -> None:
         super().__init__(
             num_classes, channels, image_size, batch_size, eval_batch_size,
@@ -211,6 +245,8 @@ class ImageFolder(ImageDataModule):
                 "with a warning that lists them) or error (stop at the first one)."
             )
         check_geometry(resize, crop_pct)
+        check_decode(decode)
+        self.decode = decode
         self.root = Path(root).expanduser()
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.samples_per_class, self.verify = samples_per_class, verify
@@ -248,7 +284,7 @@ class ImageFolder(ImageDataModule):
             labels = lookup[labels]
         geometry = Geometry(self.image_size, train=train, **self.crop)
         return ImageFiles(Split(index, positions), labels, self.channels, self.image_size,
-                          geometry)  # fmt: skip
+                          geometry, encoded=self.decode == "gpu")  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -327,4 +363,9 @@ class ImageFolder(ImageDataModule):
         return mean, std
 
     def make_loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        if kwargs.get("sampler") is not None:
+            kwargs["sampler"] = KeyedDraws(kwargs["sampler"], self.seed)
         return FileLoader(dataset, self.skips, **kwargs)
+
+    def unreadable(self, found: Sequence[tuple[str, str]]) -> None:
+        self.skips.add(found)

@@ -6,6 +6,8 @@ local folder or object storage (``s3://``) by ``StreamingDataset``/``StreamingDa
 stays the very JPEG, no re-encoding) and its label; in-memory sets are stored as PNG. ``OUT/
 cnnlab.json`` keeps the class names, channels, per-split class counts and the normalisation
 statistics, so that training from shards reads no image before its first batch.
+With ``data.decode=gpu`` the loader's workers hand on JPEG bytes and crops, decoded on the
+device (cnnlab.data.images.EncodedBatch).
 
 Remote storage is reached through boto3 as configured by the environment (credentials,
 ``AWS_ENDPOINT_URL`` for an S3-compatible server), the same for cnnlab and LitData.
@@ -28,8 +30,23 @@ from litdata.streaming import downloader as litdata_downloader
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cnnlab.data.base import ImageDataModule, TensorImages, Transform, default_workers
-from cnnlab.data.images import DECODE_ERRORS, Geometry, check_geometry, decode
+from cnnlab.data.base import (
+    ImageDataModule,
+    TensorImages,
+    Transform,
+    default_workers,
+    draw_seed,
+    seeded,
+)
+from cnnlab.data.images import (
+    DECODE_ERRORS,
+    EncodedBatch,
+    Geometry,
+    check_decode,
+    check_geometry,
+    decode,
+    encode,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.paths import write_json
 
@@ -154,27 +171,35 @@ class ShardImages(StreamingDataset):
     """Decodes each stored image through ``geometry`` (and the per-sample ``transform``).
     The random draws of an item come from a generator seeded by the data set's seed, the
     epoch and the item's index, so that a run resumed mid-epoch, with any number of
-    workers, crops each image as the uninterrupted run did."""
+    workers, crops each image as the uninterrupted run did. ``encoded``: an item is a
+    one-image :class:`cnnlab.data.images.EncodedBatch` (a JPEG's bytes and its crop), for
+    :func:`collate_encoded` and the device."""
 
-    def __init__(self, input_dir: str, channels: int, geometry: Geometry, **kwargs) -> None:
+    def __init__(self, input_dir: str, channels: int, geometry: Geometry, encoded: bool = False,
+                 **kwargs) -> None:  # fmt: skip
         super().__init__(input_dir, **kwargs)
-        self.channels, self.geometry = channels, geometry
+        self.channels, self.geometry, self.encoded = channels, geometry, encoded
+        self.uri = input_dir
         self.image_transform: Transform | None = None
 
     def __getitem__(self, index):
         item = super().__getitem__(index)
         position = int(getattr(index, "index", index))
-        image = decode(item["image"], self.channels)
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding and
-            # record a stack trace for it, per item.
-            torch.default_generator.manual_seed(
-                (self.seed * 1_000_003 + self.current_epoch) * 10_000_019 + position
-            )
-            image = self.geometry(image)
+        label = torch.tensor(item["label"], dtype=torch.long)
+        with seeded(draw_seed(self.seed, self.current_epoch, position)):
+            if self.encoded:
+                image, crop = encode(item["image"], self.channels, self.geometry)
+                name = f"{self.uri} item {position}"
+                return EncodedBatch([image], [crop], [name], self.geometry, self.channels), label
+            image = self.geometry(decode(item["image"], self.channels))
             if self.image_transform is not None:
                 image = self.image_transform(image)
-        return image, torch.tensor(item["label"], dtype=torch.long)
+        return image, label
+
+
+def collate_encoded(items: list[tuple[EncodedBatch, torch.Tensor]]):
+    """A batch of encoded :class:`ShardImages` items."""
+    return EncodedBatch.join([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
 class Shards(ImageDataModule):
@@ -200,8 +225,11 @@ class Shards(ImageDataModule):
         hflip: bool = True,
         cache_dir: str | None = None,
         normalize: str = "pretrained",
+        decode: str = "cpu",
     ) -> None:
         check_geometry(resize, crop_pct)
+        check_decode(decode)
+        self.decode = decode
         self.input_dir = str(input_dir)
         self.meta = _read_meta(self.input_dir)
         if self.input_dir.startswith("s3://"):
@@ -229,7 +257,8 @@ class Shards(ImageDataModule):
             cache = os.path.join(os.path.expanduser(self.cache_dir), "litdata", uri[5:])
         return ShardImages(
             uri, self.channels, Geometry(self.image_size, train=train, **self.crop),
-            shuffle=train, drop_last=train, seed=self.seed, cache_dir=cache,
+            encoded=self.decode == "gpu", shuffle=train, drop_last=train, seed=self.seed,
+            cache_dir=cache,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
@@ -248,6 +277,7 @@ class Shards(ImageDataModule):
         return torch.tensor(self.meta["counts"]["train"])
 
     def set_train_transform(self, transform: Transform | None) -> None:
+        self.check_train_transform(transform)
         self.train_set.image_transform = transform
 
     def sample_images(self, n: int) -> torch.Tensor:
@@ -263,4 +293,5 @@ class Shards(ImageDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
+            collate_fn=collate_encoded if self.decode == "gpu" else None,
         )

@@ -125,7 +125,12 @@ def load(source: str | Path, device: str = "auto") -> Trained:
 
 
 def load_test_split(config: DictConfig):
-    """The run's data module, set up for its test split."""
-    datamodule = instantiate(config.data)
+    """The run's data module, set up for its test split. Decoded on the CPU whatever the run's
+    ``data.decode``: the commands that read it iterate its loader themselves, without the
+    Lightning hook that decodes a batch on the device."""
+    data = config.data
+    if data.get("decode") == "gpu":
+        data = OmegaConf.merge(data, {"decode": "cpu"})
+    datamodule = instantiate(data)
     datamodule.setup("test")
     return datamodule
