@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from cnnlab.analysis import ablation
 from cnnlab.analysis.compare import Group, Run
+from cnnlab.config.compose import job_configs
 from cnnlab.errors import CnnlabError
 from conftest import needs_fmnist, read_results
 
@@ -25,14 +27,29 @@ def test_twelve_claims_in_order():
     assert numbers == list(range(1, 13))
 
 
+@pytest.mark.parametrize("scale", ["device", "gpu"])
 @pytest.mark.parametrize("name", ablation.names())
-def test_claim_composes_at_gpu_scale(name, compose_cfg):
-    """The gpu scale, which CI cannot run, composes; the ci scale runs in CI."""
-    overrides = OmegaConf.load(ablation.EXPERIMENTS / f"{name}.yaml").ablation.scales.gpu
+def test_claim_composes_at_the_scales_ci_does_not_run(name, scale, compose_cfg):
+    """The device and gpu scales, which CI cannot afford, compose (CI runs the ci scale, and
+    the device scale at the ci sizes for some claims: make ablations-ci)."""
+    a = OmegaConf.load(ablation.EXPERIMENTS / f"{name}.yaml").ablation
+    assert set(a.scales) == {"ci", "device", "gpu"}
+    overrides = list(a.scales[scale])
     # Sweep lists (a,b) are the launcher's to expand; the rest must compose.
     single = [o for o in overrides if "," not in o.split("=", 1)[1] or "[" in o]
-    a = compose_cfg([f"experiment=ablation/{name}", *single]).ablation
-    assert set(a.scales) == {"ci", "gpu"}
+    cfg = compose_cfg([f"experiment=ablation/{name}", *single], hydra=True)
+    if scale == "device":
+        # One GPU's worth of jobs at once, on the data sets every machine here has.
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+        assert cfg.hydra.launcher.n_jobs >= 3
+        assert cfg.data._target_.rsplit(".", 1)[-1] in ("FashionMNIST", "AnimalMNIST")
+        assert not any(o.startswith(("data=", "trainer=")) for o in overrides)
+        # At the ci sizes too, which make ablations-ci runs for some of the claims.
+        at_ci = ablation.merge_overrides(single, a.scales.ci)
+        at_ci = [o for o in at_ci if "," not in o.split("=", 1)[1] or "[" in o]
+        small = compose_cfg([f"experiment=ablation/{name}", *at_ci], hydra=True)
+        assert small.hydra.launcher.n_jobs == cfg.hydra.launcher.n_jobs
+    a = cfg.ablation
     for expect in a.expect:
         keys = ("higher", "lower", "of", "to", "not_below", "than")
         selectors = [expect[k] for k in keys if k in expect]
@@ -40,6 +57,37 @@ def test_claim_composes_at_gpu_scale(name, compose_cfg):
         # An ensemble claim is judged on cnnlab-ensemble's settings.
         by = ["setting"] if a.ensemble_tta else a.by
         assert selectors and all(set(s) <= set(by) for s in selectors), expect
+
+
+def test_ci_sizes_replace_a_scales_own_for_the_same_key():
+    device = ["hydra/launcher=joblib", "data.samples_per_class=null", "trainer.max_epochs=12"]
+    ci = ["data.samples_per_class=5", "trainer.max_epochs=1", "seed=0"]
+    assert ablation.merge_overrides(device, ci) == [
+        "hydra/launcher=joblib", "data.samples_per_class=5", "trainer.max_epochs=1", "seed=0"
+    ]  # fmt: skip
+    assert ablation.merge_overrides(["+x=1"], ["x=2"]) == ["x=2"]
+    assert ablation.scale_folder("device", ci_size=True) == "device_ci"
+    assert ablation.scale_folder("ci", ci_size=True) == "ci"
+
+
+@pytest.mark.parametrize("scale", ["cpu", "device", "gpu"])
+def test_transfer_strategies_get_one_budget_of_optimizer_steps(scale, tmp_path, monkeypatch):
+    """Every strategy and training-set size of the transfer claim trains for the same number of
+    optimizer steps, enough for the new head to fit 20 images per class (a few hundred)."""
+    monkeypatch.chdir(tmp_path)
+    a = OmegaConf.load(ablation.EXPERIMENTS / "transfer_cases.yaml").ablation
+    overrides = ["experiment=ablation/transfer_cases", *a.scales.get(scale, [])]
+    # One data set and seed: the strategies and sizes are what the budget must not depend on.
+    overrides = ablation.merge_overrides(overrides, ["data=fashion_mnist", "seed=0"])
+    jobs = list(job_configs(overrides, multirun=True))
+    HydraConfig.instance().cfg = None
+    strategies = {(cfg.transfer.strategy.value, cfg.data.samples_per_class) for cfg in jobs}
+    assert {s for s, _ in strategies} == {"feature_extract", "finetune"} and len(strategies) == 4
+    budgets = {(cfg.trainer.max_steps, cfg.trainer.max_epochs) for cfg in jobs}
+    [(steps, epochs)] = budgets
+    assert steps >= 300 and epochs in (None, -1)
+    # The head's training accuracy is in the table.
+    assert "final_train_acc" in a.metrics
 
 
 def _group(value: str, scores: list[float], macs: int = 100, converged: int | None = None) -> Group:

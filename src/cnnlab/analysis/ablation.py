@@ -37,7 +37,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.paths import RESULTS_FILE, config_dir, write_text
 from cnnlab.runs.record import RunRecord, Status
 
-SCALES = ("ci", "cpu", "gpu")
+SCALES = ("ci", "cpu", "device", "gpu")
 EXPERIMENTS = Path(config_dir()) / "experiment" / "ablation"
 DOC = Path("docs") / "ablations.md"
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_CONVERGED = (
@@ -258,10 +258,11 @@ def describe(cfg: DictConfig, runs: list[Run], by: list[str]) -> str:
 
 def section(
     name: str, scale: str, cfg: DictConfig, runs: list[Run], doc: Path,
-    report: dict[str, Any] | None,
+    report: dict[str, Any] | None, ci_size: bool = False,
 ) -> tuple[str, str]:  # fmt: skip
     """The Markdown section of one claim and its verdict; ``report``, cnnlab-ensemble's on the
-    sweep's runs, is shown and judged when the claim asks for one."""
+    sweep's runs, is shown and judged when the claim asks for one. ``ci_size``: the runs were
+    the scale's at the ci scale's sizes."""
     a = cfg.ablation
     by, metrics = list(a.by), list(a.metrics)
     # In the order of the sweep's jobs, as the experiment lists the values.
@@ -287,9 +288,9 @@ def section(
         f"**Claim** ({a.source}): {a.claim}",
         "",
         *([f"**Paper:** {a.paper}", ""] if a.paper else []),
-        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min of training: "
-        f"{describe(cfg, runs, by)}. Command: "
-        f"`python scripts/reproduce.py {name} --scale {scale}`.",
+        f"**Measured** at `{scale}` scale{' (at the ci sizes)' if ci_size else ''} on {when}, "
+        f"{machine()}, {minutes:.1f} min of training: {describe(cfg, runs, by)}. Command: "
+        f"`python scripts/reproduce.py {name} --scale {scale}{' --ci-size' if ci_size else ''}`.",
         "",
         table(groups, by, metrics),
         "",
@@ -362,11 +363,28 @@ def anchor(block: str) -> str:
     return kept.replace(" ", "-")
 
 
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """The overrides of ``lists`` in order, a key given again taking the later value in the
+    earlier one's place, as Hydra's sweeper reads a sweep's parameters and command line."""
+    merged: dict[str, str] = {}
+    for override in (o for overrides in lists for o in overrides):
+        merged[override.split("=", 1)[0].lstrip("+~")] = override
+    return list(merged.values())
+
+
+def scale_folder(scale: str, ci_size: bool) -> str:
+    """Where a scale's sweeps and page go under <output root>/ablations."""
+    return f"{scale}_ci" if ci_size and scale != "ci" else scale
+
+
 def reproduce(
-    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None
-) -> str:
+    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None,
+    ci_size: bool = False,
+) -> str:  # fmt: skip
     """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict.
-    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running."""
+    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running.
+    ``ci_size``: the scale's settings (launcher, data sets, models) with the ci scale's sizes
+    over them, which CI runs to check a scale it cannot afford."""
     cfg = claim_config(name)
     a = cfg.ablation
     if scale != "cpu" and scale not in a.scales:
@@ -374,13 +392,16 @@ def reproduce(
             f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
         )
     # The experiment is the cpu scale; the others are overrides of it.
-    overrides = list(a.scales.get(scale, []))
+    sizes = [scale, "ci"] if ci_size else [scale]
+    overrides = merge_overrides(*(a.scales.get(s, []) for s in sizes))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     code = 0
     if sweep_dir is None:
-        sweep_dir = output_root / "ablations" / scale / name / stamp
+        sweep_dir = output_root / "ablations" / scale_folder(scale, ci_size) / name / stamp
         if a.pretrain:
-            pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
+            pretrain = merge_overrides(
+                a.pretrain.overrides, *(a.pretrain.get("scales", {}).get(s, []) for s in sizes)
+            )
             source = pretrain_dir(pretrain, sweep_dir.parent / "pretrain")
             overrides.append(f"transfer.init_from={source}")
         code = run_sweep([f"experiment=ablation/{name}", *overrides], sweep_dir)
@@ -393,7 +414,7 @@ def reproduce(
     # The scale from the runs themselves; the claim and its predictions as they are now.
     job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
     job_cfg.ablation = a
-    text, verdict = section(name, scale, job_cfg, runs, doc, report)
+    text, verdict = section(name, scale, job_cfg, runs, doc, report, ci_size)
     write_doc(doc, name, text, verdict, names())
     print(f"[{name}] {verdict}; wrote {doc}", flush=True)
     if code != 0:
