@@ -51,9 +51,13 @@ test: env data
 test-all: env data
 	$(UV) run --frozen pytest $(ARGS)
 
-# Every ablation of docs/ablations.md end to end at ci scale (minutes); CI runs it after make test.
+# Every ablation of docs/ablations.md end to end at ci scale (minutes), then the one-GPU scale
+# (parallel jobs, full-size models and data sets) at the ci sizes for the transfer claim, whose
+# path is the longest (pretraining, two data sets, step budgets): about 2 minutes more. Every
+# claim's device scale composes in tests/test_ablation.py. CI runs this after make test.
 ablations-ci: env data
 	$(UV) run --frozen python scripts/reproduce.py all --scale ci
+	$(UV) run --frozen python scripts/reproduce.py transfer_cases --scale device --ci-size
 
 # `make env` installs every extra, viewers included (full mlflow: its UI server and pandas).
 tensorboard: PORT ?= 6006

@@ -83,14 +83,17 @@ def compose_cfg(tmp_path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
 
-        def _compose(overrides: list[str] | None = None):
+        def _compose(overrides: list[str] | None = None, hydra: bool = False):
+            """``hydra``: keep Hydra's node (the launcher, the sweeper), which a task function
+            never sees."""
             cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
             with open_dict(cfg):
                 cfg.hydra.runtime.output_dir = str(tmp_path / "run")
                 cfg.hydra.runtime.cwd = str(tmp_path)
             HydraConfig.instance().set_config(cfg)
-            with open_dict(cfg):
-                del cfg["hydra"]  # a task function never sees it either
+            if not hydra:
+                with open_dict(cfg):
+                    del cfg["hydra"]
             return cfg
 
         yield _compose

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from cnnlab.analysis import ablation
 from cnnlab.analysis.compare import Group, Run
+from cnnlab.config.compose import job_configs
 from cnnlab.errors import CnnlabError
 from conftest import needs_fmnist, read_results
 
@@ -25,14 +27,29 @@ def test_twelve_claims_in_order():
     assert numbers == list(range(1, 13))
 
 
+@pytest.mark.parametrize("scale", ["device", "gpu"])
 @pytest.mark.parametrize("name", ablation.names())
-def test_claim_composes_at_gpu_scale(name, compose_cfg):
-    """The gpu scale, which CI cannot run, composes; the ci scale runs in CI."""
-    overrides = OmegaConf.load(ablation.EXPERIMENTS / f"{name}.yaml").ablation.scales.gpu
+def test_claim_composes_at_the_scales_ci_does_not_run(name, scale, compose_cfg):
+    """The device and gpu scales, which CI cannot afford, compose (CI runs the ci scale, and
+    the device scale at the ci sizes for some claims: make ablations-ci)."""
+    a = OmegaConf.load(ablation.EXPERIMENTS / f"{name}.yaml").ablation
+    assert set(a.scales) == {"ci", "device", "gpu"}
+    overrides = list(a.scales[scale])
     # Sweep lists (a,b) are the launcher's to expand; the rest must compose.
     single = [o for o in overrides if "," not in o.split("=", 1)[1] or "[" in o]
-    a = compose_cfg([f"experiment=ablation/{name}", *single]).ablation
-    assert set(a.scales) == {"ci", "gpu"}
+    cfg = compose_cfg([f"experiment=ablation/{name}", *single], hydra=True)
+    if scale == "device":
+        # One GPU's worth of jobs at once, on the data sets every machine here has.
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+        assert cfg.hydra.launcher.n_jobs >= 3
+        assert cfg.data._target_.rsplit(".", 1)[-1] in ("FashionMNIST", "AnimalMNIST")
+        assert not any(o.startswith(("data=", "trainer=")) for o in overrides)
+        # At the ci sizes too, which make ablations-ci runs for some of the claims.
+        at_ci = ablation.merge_overrides(single, a.scales.ci)
+        at_ci = [o for o in at_ci if "," not in o.split("=", 1)[1] or "[" in o]
+        small = compose_cfg([f"experiment=ablation/{name}", *at_ci], hydra=True)
+        assert small.hydra.launcher.n_jobs == cfg.hydra.launcher.n_jobs
+    a = cfg.ablation
     for expect in a.expect:
         keys = ("higher", "lower", "of", "to", "not_below", "than")
         selectors = [expect[k] for k in keys if k in expect]
@@ -42,10 +59,43 @@ def test_claim_composes_at_gpu_scale(name, compose_cfg):
         assert selectors and all(set(s) <= set(by) for s in selectors), expect
 
 
-def _group(value: str, scores: list[float], macs: int = 100) -> Group:
+def test_ci_sizes_replace_a_scales_own_for_the_same_key():
+    device = ["hydra/launcher=joblib", "data.samples_per_class=null", "trainer.max_epochs=12"]
+    ci = ["data.samples_per_class=5", "trainer.max_epochs=1", "seed=0"]
+    assert ablation.merge_overrides(device, ci) == [
+        "hydra/launcher=joblib", "data.samples_per_class=5", "trainer.max_epochs=1", "seed=0"
+    ]  # fmt: skip
+    assert ablation.merge_overrides(["+x=1"], ["x=2"]) == ["x=2"]
+    assert ablation.scale_folder("device", ci_size=True) == "device_ci"
+    assert ablation.scale_folder("ci", ci_size=True) == "ci"
+
+
+@pytest.mark.parametrize("scale", ["cpu", "device", "gpu"])
+def test_transfer_strategies_get_one_budget_of_optimizer_steps(scale, tmp_path, monkeypatch):
+    """Every strategy and training-set size of the transfer claim trains for the same number of
+    optimizer steps, enough for the new head to fit 20 images per class (a few hundred)."""
+    monkeypatch.chdir(tmp_path)
+    a = OmegaConf.load(ablation.EXPERIMENTS / "transfer_cases.yaml").ablation
+    overrides = ["experiment=ablation/transfer_cases", *a.scales.get(scale, [])]
+    # One data set and seed: the strategies and sizes are what the budget must not depend on.
+    overrides = ablation.merge_overrides(overrides, ["data=fashion_mnist", "seed=0"])
+    jobs = list(job_configs(overrides, multirun=True))
+    HydraConfig.instance().cfg = None
+    strategies = {(cfg.transfer.strategy.value, cfg.data.samples_per_class) for cfg in jobs}
+    assert {s for s, _ in strategies} == {"feature_extract", "finetune"} and len(strategies) == 4
+    budgets = {(cfg.trainer.max_steps, cfg.trainer.max_epochs) for cfg in jobs}
+    [(steps, epochs)] = budgets
+    assert steps >= 300 and epochs in (None, -1)
+    # The head's training accuracy is in the table.
+    assert "final_train_acc" in a.metrics
+
+
+def _group(value: str, scores: list[float], macs: int = 100, converged: int | None = None) -> Group:
+    """Runs of ``scores``, the first ``converged`` of them (all by default) converged."""
+    done = len(scores) if converged is None else converged
     runs = [
         Run(run_dir=f"{value}/{i}", status="completed", params={"m": value},
-            results={"test_acc": s, "macs": macs})
+            results={"test_acc": s, "macs": macs, "converged": i < done})
         for i, s in enumerate(scores)
     ]  # fmt: skip
     return Group((value,), runs, scores)
@@ -105,6 +155,71 @@ def test_judge_edge_cases():
     assert ablation.SEVERITY[0] == ablation.NOT_REPRODUCED
 
 
+def test_a_prediction_on_runs_that_did_not_converge_is_inconclusive():
+    """However clear the difference, a trained figure of runs that did not all converge judges
+    under-training, not the claim; the costs (params, MACs, times) are judged all the same."""
+    higher = {"says": "a beats b", "metric": "test_acc", "higher": {"m": "a"}, "lower": {"m": "b"}}
+    groups = [_group("a", [0.90, 0.91, 0.92], converged=2), _group("b", [0.1, 0.11, 0.12], 400)]
+    judged = ablation.judge(higher, groups, ["m"])
+    assert judged.verdict == ablation.NOT_CONVERGED == "inconclusive (not converged)"
+    assert judged.detail.endswith("difference +0.8, spread 0.01; runs converged 2/3 and 3/3")
+    # Refuted figures on unconverged runs are not a refutation either.
+    reverse = {**higher, "higher": {"m": "b"}, "lower": {"m": "a"}}
+    assert ablation.judge(reverse, groups, ["m"]).verdict == ablation.NOT_CONVERGED
+    ratio = {"says": "b costs 4x", "metric": "macs", "of": {"m": "b"}, "to": {"m": "a"}}
+    assert ablation.judge({**ratio, "between": [3, 5]}, groups, ["m"]).verdict == "reproduced"
+    # A run without the record (an older cnnlab's) did not converge.
+    del groups[1].runs[0].results["converged"]
+    assert ablation.converged(groups[1]) == 2
+    # Every run converged: judged on the figures.
+    done = [_group("a", [0.90, 0.91, 0.92]), _group("b", [0.1, 0.11, 0.12])]
+    assert ablation.judge(higher, done, ["m"]).verdict == ablation.REPRODUCED
+
+
+def test_a_claim_takes_its_worst_verdict():
+    def verdict(*found):
+        return ablation.claim_verdict([ablation.Judgement("x", v, "") for v in found])
+
+    ok, refuted, unsure, unconverged = (
+        ablation.REPRODUCED, ablation.NOT_REPRODUCED, ablation.INCONCLUSIVE, ablation.NOT_CONVERGED
+    )  # fmt: skip
+    assert verdict(ok, unconverged) == unconverged == verdict(unsure, unconverged)
+    assert verdict(ok, ok) == ok
+    # A refutation on converged runs outranks a prediction training did not get far enough for.
+    assert verdict(unconverged, refuted, ok) == refuted
+    assert verdict() == unsure
+
+
+def test_ensemble_settings_are_judged_on_whether_the_members_converged():
+    report = {
+        "runs": [
+            {"test_acc": 0.80, "test_acc_tta": 0.82},
+            {"test_acc": 0.81, "test_acc_tta": 0.83},
+        ],
+        "settings": [
+            {"key": "single", "test_acc": 0.805, "time_s": 1.0, "time_ratio": 1.0},
+            {"key": "single_tta", "test_acc": 0.825, "time_s": 10.0, "time_ratio": 10.0},
+            {"key": "ensemble", "test_acc": 0.9, "time_s": 2.0, "time_ratio": 2.0},
+        ],
+    }
+    better = {"says": "e", "metric": "test_acc", "higher": {"setting": "ensemble"}}
+    better["lower"] = {"setting": "single"}
+    slower = {"says": "t", "metric": "time_s", "of": {"setting": "single_tta"}}
+    slower |= {"to": {"setting": "single"}, "between": [3, 15]}
+    for members, expected in ((True, ablation.REPRODUCED), (False, ablation.NOT_CONVERGED)):
+        groups = ablation.ensemble_groups(report, members)
+        assert ablation.judge(better, groups, ["setting"]).verdict == expected
+        assert ablation.judge(slower, groups, ["setting"]).verdict == ablation.REPRODUCED
+
+
+def test_the_table_counts_converged_runs_per_group():
+    groups = [_group("a", [0.90, 0.91, 0.92], converged=1), _group("b", [0.1, 0.2])]
+    text = ablation.table(groups, ["m"], ["test_acc"])
+    header, _, row_a, row_b = text.splitlines()
+    assert header == "| m | test_acc | n | converged | params | MACs |"
+    assert row_a.split(" | ")[2:4] == ["3", "1/3"] and row_b.split(" | ")[2:4] == ["2", "2/2"]
+
+
 def test_page_keeps_other_sections(tmp_path):
     doc = tmp_path / "ablations.md"
     order = ["first", "second"]
@@ -116,6 +231,13 @@ def test_page_keeps_other_sections(tmp_path):
     assert text.index("First claim") < text.index("new body")
     assert "| 1 | [First claim](#1-first-claim) | inconclusive |" in text
     assert "| 2 | [Second claim](#2-second-claim) | not reproduced |" in text
+    assert text.startswith(ablation.HEADER.rstrip())
+    # The method above the table of claims is the people's: a rewrite keeps it.
+    doc.write_text(text.replace("do not edit", "METHOD: the convergence rule.\n\ndo not edit"))
+    ablation.write_doc(doc, "first", "## 1. First claim\n\nbody 1b", "inconclusive", order)
+    text = doc.read_text()
+    assert "METHOD: the convergence rule." in text and "body 1b" in text and "new body" in text
+    assert text.count(ablation.SUMMARY_HEAD) == 1
 
 
 @needs_fmnist

@@ -85,3 +85,13 @@ def test_dry_run_refuses_a_flag_it_cannot_plan_and_an_optuna_search(tmp_path):
     proc = run_cli(["--dry-run", "-m", "hparams_search=fmnist_optuna"], cwd=tmp_path)
     assert proc.returncode == 2 and "chooses its jobs as it goes" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_line_value_replaces_the_sweeps_params_for_its_key(tmp_path, monkeypatch):
+    """As Hydra's basic sweeper: the experiment sweeps seed over 0,1,2 and model.se_reduction over
+    null,4; seed=0 on the command line leaves two jobs, in the params' order."""
+    monkeypatch.chdir(tmp_path)
+    overrides = ["experiment=ablation/squeeze_excitation", "seed=0", "trainer.max_epochs=1"]
+    jobs = list(job_configs(overrides, multirun=True))
+    HydraConfig.instance().cfg = None
+    assert [(cfg.model.se_reduction, cfg.seed) for cfg in jobs] == [(None, 0), (4, 0)]

@@ -20,8 +20,13 @@ SCALED_SIBLINGS = {
     "plain56",  # plain20
     "vgg13", "vgg16", "vgg19", "vgg16_bn",  # vgg11, vgg11_bn
 }  # fmt: skip
+# model=torchvision and model=timm with ImageNet weights, whose loading tests/test_transfer.py
+# checks on real photos; their fast_dev_runs take 9-15 s on a 2-core CPU.
+PRETRAINED_VARIANTS = {"mobilenet_v2_imagenet", "efficientnet_lite0_imagenet"}
 MODELS = [
-    pytest.param(name, marks=pytest.mark.heavy) if name in SCALED_SIBLINGS else name
+    pytest.param(name, marks=pytest.mark.heavy)
+    if name in SCALED_SIBLINGS | PRETRAINED_VARIANTS
+    else name
     for name in sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     if not name.startswith("cost_")  # layers from the source texts' cost arithmetic
 ]
@@ -29,7 +34,7 @@ MODELS = [
 
 def test_siblings_are_real_configs():
     names = {p.stem for p in (CONF / "model").glob("*.yaml")}
-    assert names >= SCALED_SIBLINGS
+    assert names >= SCALED_SIBLINGS | PRETRAINED_VARIANTS
 
 
 @needs_fmnist

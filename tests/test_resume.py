@@ -99,6 +99,9 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert results["status"] == "completed" and results["epochs"] == 2
     assert [r["status"] for r in results["resumed"]] == ["running"]
     assert results["best_val_acc"] == read_results(whole_dir)["best_val_acc"]
+    # Judged on both epochs' losses: the one before the kill came back from last.ckpt.
+    assert results["convergence"]["epochs"] == 2
+    assert results["convergence"] == read_results(whole_dir)["convergence"]
     # Bit-identical weights and EMA weights, and metrics.csv row for row: the rows logged before
     # the kill, and epoch means (train_loss_epoch, train_acc) over the batches of both sessions.
     expected, got = weights(whole_dir), weights(run_dir)

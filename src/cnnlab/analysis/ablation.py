@@ -8,9 +8,12 @@ overrides of each scale; the experiment itself is the ``cpu`` scale. The runner 
 a second call skips what completed), groups the runs as ``cnnlab-compare`` does, and judges each
 prediction: *reproduced* when the difference has the predicted sign and exceeds the seed spread
 (the larger standard deviation of the two groups), *not reproduced at this scale* when it has the
-other sign and exceeds the spread, *inconclusive* within the spread. The claim's verdict is the
-worst of its predictions. The section of the page between the claim's markers is replaced, the
-others are kept.
+other sign and exceeds the spread, *inconclusive* within the spread. A prediction about a
+trained figure (anything but the costs of :data:`COST_METRICS`) made on runs of which any did not
+converge (results.json's ``converged``, cnnlab.training.convergence) is *inconclusive (not
+converged)*, whatever the figures say: it would measure under-training, not the claim. The
+claim's verdict is the worst of its predictions. The section of the page between the claim's
+markers is replaced; the others, and the page's text above its table of claims, are kept.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.analysis.compare import Group, Run, Stat, group_runs, load_local, plot_curves
@@ -33,16 +37,20 @@ from cnnlab.errors import CnnlabError
 from cnnlab.paths import RESULTS_FILE, config_dir, write_text
 from cnnlab.runs.record import RunRecord, Status
 
-SCALES = ("ci", "cpu", "gpu")
+SCALES = ("ci", "cpu", "device", "gpu")
 EXPERIMENTS = Path(config_dir()) / "experiment" / "ablation"
 DOC = Path("docs") / "ablations.md"
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = (
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_CONVERGED = (
     "reproduced",
     "not reproduced at this scale",
     "inconclusive",
+    "inconclusive (not converged)",
 )
-# Worst first: a claim takes the first of these that any of its predictions got.
-SEVERITY = (NOT_REPRODUCED, INCONCLUSIVE, REPRODUCED)
+# Worst first: a claim takes the first of these that any of its predictions got. A refutation on
+# converged runs outranks one that training did not get far enough to judge.
+SEVERITY = (NOT_REPRODUCED, NOT_CONVERGED, INCONCLUSIVE, REPRODUCED)
+# Figures of the architecture and of inference, which do not depend on how far training got.
+COST_METRICS = ("params", "macs", "time_s", "time_ratio")
 
 
 def names() -> list[str]:
@@ -90,6 +98,11 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 10 else f"{x:.1f}"
 
 
+def converged(group: Group) -> int:
+    """How many of the group's runs converged (a run without the record did not)."""
+    return sum(r.results.get("converged") is True for r in group.runs)
+
+
 def stat(group: Group, metric: str) -> Stat:
     values = [metric_value(r, metric) for r in group.runs]
     return Stat([v for v in values if v is not None])
@@ -118,28 +131,37 @@ class Judgement:
 
 
 def judge(expect: dict[str, Any], groups: list[Group], by: list[str]) -> Judgement:
-    """One prediction of a claim, judged on the groups' means and their seed spread."""
+    """One prediction of a claim, judged on the groups' means and their seed spread, and on
+    whether their runs converged."""
     metric, says = expect["metric"], expect["says"]
+    if "between" in expect:
+        selectors = [expect["of"], expect["to"]]
+    elif "similar" in expect:
+        selectors = list(expect["similar"])
+    elif "not_below" in expect:
+        selectors = [expect["not_below"], expect["than"]]
+    else:
+        selectors = [expect["higher"], expect["lower"]]
     try:
-        return _judge(expect, metric, says, groups, by)
+        compared = [find_group(groups, by, s) for s in selectors]
     except MissingGroup as e:
         return Judgement(says, INCONCLUSIVE, str(e))
+    judged = _judge(expect, metric, says, compared)
+    counts = [(converged(g), len(g.runs)) for g in compared]
+    if metric in COST_METRICS or all(done == n for done, n in counts):
+        return judged
+    told = " and ".join(f"{done}/{n}" for done, n in counts)
+    return Judgement(says, NOT_CONVERGED, f"{judged.detail}; runs converged {told}")
 
 
-def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], by: list[str]):
+def _judge(expect: dict[str, Any], metric: str, says: str, compared: list[Group]) -> Judgement:
     if "between" in expect:
-        of, to = (stat(find_group(groups, by, expect[k]), metric) for k in ("of", "to"))
+        of, to = (stat(g, metric) for g in compared)
         ratio = of.mean / to.mean
         low, high = expect["between"]
         verdict = REPRODUCED if low <= ratio <= high else NOT_REPRODUCED
         return Judgement(says, verdict, f"{metric} ratio {ratio:.3g}, predicted {low:g}-{high:g}")
-    if "similar" in expect:
-        pair = expect["similar"]
-    elif "not_below" in expect:
-        pair = (expect["not_below"], expect["than"])
-    else:
-        pair = (expect["higher"], expect["lower"])
-    a, b = (stat(find_group(groups, by, selector), metric) for selector in pair)
+    a, b = (stat(g, metric) for g in compared)
     if not a.values or not b.values:
         return Judgement(says, INCONCLUSIVE, f"a group has no {metric}")
     diff, spread = a.mean - b.mean, max(a.std, b.std)
@@ -158,10 +180,17 @@ def _judge(expect: dict[str, Any], metric: str, says: str, groups: list[Group], 
     return Judgement(says, REPRODUCED if diff > 0 else NOT_REPRODUCED, detail)
 
 
-def ensemble_groups(report: dict[str, Any]) -> list[Group]:
+def claim_verdict(judgements: list[Judgement]) -> str:
+    """The worst verdict of a claim's predictions (:data:`SEVERITY`)."""
+    found = {j.verdict for j in judgements}
+    return next((v for v in SEVERITY if v in found), INCONCLUSIVE)
+
+
+def ensemble_groups(report: dict[str, Any], members_converged: bool) -> list[Group]:
     """cnnlab-ensemble's settings as groups to judge (by ``setting``: single, single_tta,
     ensemble, ensemble_tta): a single model's accuracy per run, the ensemble's once; the
-    times of every setting."""
+    times of every setting. Every setting's figures are those of the trained members, which
+    count as converged when all of them did (``members_converged``)."""
     per_run = {"single": "test_acc", "single_tta": "test_acc_tta"}
     groups = []
     for s in report["settings"]:
@@ -170,7 +199,7 @@ def ensemble_groups(report: dict[str, Any]) -> list[Group]:
         accs = [r[per_run[key]] for r in report["runs"]] if key in per_run else [s["test_acc"]]
         runs = [
             Run(run_dir=f"{key}/{i}", status="completed", params={"setting": key},
-                results={"test_acc": acc, **times})
+                results={"test_acc": acc, **times, "converged": members_converged})
             for i, acc in enumerate(accs)
         ]  # fmt: skip
         groups.append(Group((key,), runs, accs))
@@ -178,13 +207,14 @@ def ensemble_groups(report: dict[str, Any]) -> list[Group]:
 
 
 def table(groups: list[Group], by: list[str], metrics: list[str]) -> str:
-    header = [*by, *metrics, "n", "params", "MACs"]
+    header = [*by, *metrics, "n", "converged", "params", "MACs"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(by) + "--:|" * (len(header) - len(by)),
     ]
     for g in groups:
         cells = [*g.values, *(summary(stat(g, m)) for m in metrics), str(len(g.runs))]
+        cells += [f"{converged(g)}/{len(g.runs)}"]
         cells += [f"{g.first('params'):,}" if g.first("params") else "-"]
         cells += [f"{g.first('macs'):,}" if g.first("macs") else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -228,20 +258,23 @@ def describe(cfg: DictConfig, runs: list[Run], by: list[str]) -> str:
 
 def section(
     name: str, scale: str, cfg: DictConfig, runs: list[Run], doc: Path,
-    report: dict[str, Any] | None,
+    report: dict[str, Any] | None, ci_size: bool = False,
 ) -> tuple[str, str]:  # fmt: skip
     """The Markdown section of one claim and its verdict; ``report``, cnnlab-ensemble's on the
-    sweep's runs, is shown and judged when the claim asks for one."""
+    sweep's runs, is shown and judged when the claim asks for one. ``ci_size``: the runs were
+    the scale's at the ci scale's sizes."""
     a = cfg.ablation
     by, metrics = list(a.by), list(a.metrics)
     # In the order of the sweep's jobs, as the experiment lists the values.
     order = {r.run_dir: i for i, r in enumerate(runs)}
     groups = sorted(group_runs(runs, by, metrics[0]), key=lambda g: order[g.runs[0].run_dir])
     failed = [r for r in runs if r.status not in (Status.COMPLETED, Status.SKIPPED)]
-    judged, judged_by = (ensemble_groups(report), ["setting"]) if report else (groups, by)
+    judged, judged_by = groups, by
+    if report:
+        members = all(converged(g) == len(g.runs) for g in groups)
+        judged, judged_by = ensemble_groups(report, members), ["setting"]
     judgements = [judge(OmegaConf.to_container(e), judged, judged_by) for e in a.expect]
-    found = {j.verdict for j in judgements}
-    verdict = next((v for v in SEVERITY if v in found), INCONCLUSIVE)
+    verdict = claim_verdict(judgements)
     curves = doc.parent / "ablations" / f"{name}_curves.png"
     curves.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(groups, by, curves)
@@ -255,9 +288,9 @@ def section(
         f"**Claim** ({a.source}): {a.claim}",
         "",
         *([f"**Paper:** {a.paper}", ""] if a.paper else []),
-        f"**Measured** at `{scale}` scale on {when}, {machine()}, {minutes:.1f} min of training: "
-        f"{describe(cfg, runs, by)}. Command: "
-        f"`python scripts/reproduce.py {name} --scale {scale}`.",
+        f"**Measured** at `{scale}` scale{' (at the ci sizes)' if ci_size else ''} on {when}, "
+        f"{machine()}, {minutes:.1f} min of training: {describe(cfg, runs, by)}. Command: "
+        f"`python scripts/reproduce.py {name} --scale {scale}{' --ci-size' if ci_size else ''}`.",
         "",
         table(groups, by, metrics),
         "",
@@ -275,13 +308,8 @@ def section(
 
 def machine() -> str:
     cores = os.cpu_count()
-    return f"{cores}-core {platform.machine()} CPU" + (", GPU" if _has_gpu() else "")
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cores}-core {platform.machine()} CPU{gpu}"
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -292,33 +320,35 @@ HEADER = """# Ablations: the source texts' claims, measured
 
 Generated by `scripts/reproduce.py` (cnnlab.analysis.ablation): do not edit the sections by hand.
 Each claim is a multirun experiment under `conf/experiment/ablation/`; `python scripts/reproduce.py
-<name> --scale cpu` reruns it (completed jobs are skipped) and rewrites its section. A verdict is
-*reproduced* when every predicted difference has the predicted sign and exceeds the seed spread (the
-larger standard deviation of the two groups compared), *not reproduced at this scale* when one has
-the other sign beyond the spread, *inconclusive* otherwise.
-
-The `cpu` scale keeps each claim to minutes on a 2-core CPU: subsets of a few hundred images per
-class, a few epochs, networks at a fraction of the paper's widths. A verdict holds for that scale
-only; `--scale gpu` has the paper-sized settings (not run here). Times are those of training,
-summed over a claim's runs.
+<name> --scale <scale>` reruns it (completed jobs are skipped) and rewrites its section. The method
+(the verdicts, the convergence rule, the protocols and what differs from the papers) is that of
+docs/ablations.md in cnnlab's repository. The text above the table of claims is kept when the page
+is rewritten.
 """
 
 
+SUMMARY_HEAD = "| # | claim | verdict |"
+
+
 def write_doc(doc: Path, name: str, text: str, verdict: str, order: list[str]) -> None:
+    """Replace claim ``name``'s section of the page ``doc`` (a new page starts from
+    :data:`HEADER`) and its table of claims; keep the other sections and the text above the
+    table, the page's method, which people write."""
     old = doc.read_text() if doc.is_file() else HEADER
+    head = old.split(SUMMARY_HEAD, 1)[0] if SUMMARY_HEAD in old else old.split("<!-- ablation:")[0]
     blocks = {}
     for other in order:
         start, end = markers(other)
         if start in old:
             blocks[other] = old.split(start, 1)[1].split(end, 1)[0].strip("\n")
     blocks[name] = text + f"\n<!-- verdict: {verdict} -->"
-    summary = ["| # | claim | verdict |", "|--:|---|---|"]
+    summary = [SUMMARY_HEAD, "|--:|---|---|"]
     for i, other in enumerate(order, 1):
         if other in blocks:
             title = blocks[other].splitlines()[0].split(". ", 1)[1]
             found = blocks[other].rsplit("<!-- verdict: ", 1)[1].split(" -->")[0]
             summary.append(f"| {i} | [{title}](#{anchor(blocks[other])}) | {found} |")
-    body = [HEADER.rstrip(), "", *summary, ""]
+    body = [head.rstrip(), "", *summary, ""]
     for other in order:
         if other in blocks:
             start, end = markers(other)
@@ -333,11 +363,28 @@ def anchor(block: str) -> str:
     return kept.replace(" ", "-")
 
 
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """The overrides of ``lists`` in order, a key given again taking the later value in the
+    earlier one's place, as Hydra's sweeper reads a sweep's parameters and command line."""
+    merged: dict[str, str] = {}
+    for override in (o for overrides in lists for o in overrides):
+        merged[override.split("=", 1)[0].lstrip("+~")] = override
+    return list(merged.values())
+
+
+def scale_folder(scale: str, ci_size: bool) -> str:
+    """Where a scale's sweeps and page go under <output root>/ablations."""
+    return f"{scale}_ci" if ci_size and scale != "ci" else scale
+
+
 def reproduce(
-    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None
-) -> str:
+    name: str, scale: str, doc: Path, output_root: Path, sweep_dir: Path | None = None,
+    ci_size: bool = False,
+) -> str:  # fmt: skip
     """Run claim ``name`` at ``scale``, write its section into ``doc``; return its verdict.
-    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running."""
+    With ``sweep_dir``, judge the runs of that earlier sweep of the claim without running.
+    ``ci_size``: the scale's settings (launcher, data sets, models) with the ci scale's sizes
+    over them, which CI runs to check a scale it cannot afford."""
     cfg = claim_config(name)
     a = cfg.ablation
     if scale != "cpu" and scale not in a.scales:
@@ -345,13 +392,16 @@ def reproduce(
             f"Ablation {name} has no {scale!r} scale; it has cpu, {', '.join(a.scales)}."
         )
     # The experiment is the cpu scale; the others are overrides of it.
-    overrides = list(a.scales.get(scale, []))
+    sizes = [scale, "ci"] if ci_size else [scale]
+    overrides = merge_overrides(*(a.scales.get(s, []) for s in sizes))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     code = 0
     if sweep_dir is None:
-        sweep_dir = output_root / "ablations" / scale / name / stamp
+        sweep_dir = output_root / "ablations" / scale_folder(scale, ci_size) / name / stamp
         if a.pretrain:
-            pretrain = [*a.pretrain.overrides, *a.pretrain.get("scales", {}).get(scale, [])]
+            pretrain = merge_overrides(
+                a.pretrain.overrides, *(a.pretrain.get("scales", {}).get(s, []) for s in sizes)
+            )
             source = pretrain_dir(pretrain, sweep_dir.parent / "pretrain")
             overrides.append(f"transfer.init_from={source}")
         code = run_sweep([f"experiment=ablation/{name}", *overrides], sweep_dir)
@@ -364,7 +414,7 @@ def reproduce(
     # The scale from the runs themselves; the claim and its predictions as they are now.
     job_cfg = OmegaConf.load(Path(runs[0].run_dir) / ".hydra" / "config.yaml")
     job_cfg.ablation = a
-    text, verdict = section(name, scale, job_cfg, runs, doc, report)
+    text, verdict = section(name, scale, job_cfg, runs, doc, report, ci_size)
     write_doc(doc, name, text, verdict, names())
     print(f"[{name}] {verdict}; wrote {doc}", flush=True)
     if code != 0:

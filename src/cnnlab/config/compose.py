@@ -62,14 +62,16 @@ def job_configs(overrides: Sequence[str], multirun: bool) -> Iterator[DictConfig
                 "search). Leave out hparams_search (and hydra/sweeper) to see the grid's plan."
             )
         params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
-        choices = [
-            [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        # By key, as Hydra's basic sweeper does: a key given again (on the command line after
+        # the sweep's params) takes the later values, in the earlier one's place.
+        choices = {
+            o.get_key_element(): [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
             if o.is_sweep_override()
             else [o.input_line]
             for o in parser.parse_overrides([*params, *overrides])
-        ]
+        }
         sweep_dir = None  # resolved once, as Hydra does: ${now:} changes while jobs compose
-        for num, job in enumerate(itertools.product(*choices)):
+        for num, job in enumerate(itertools.product(*choices.values())):
             cfg = compose("train", overrides=list(job), return_hydra_config=True)
             yield _job(cfg, num, sweep_dir)
             sweep_dir = HydraConfig.get().sweep.dir

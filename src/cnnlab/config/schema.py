@@ -1,14 +1,14 @@
 """Config schemas, resolvers and validation.
 
-Groups with a fixed shape (module, transfer, eval, paths) are dataclasses registered in Hydra's
-ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a badly typed value while it
-composes. Groups that name a class with ``_target_`` (model, data, augmentation, optimizer,
-scheduler, logger, callbacks) take whatever that class takes, and so does ``trainer`` (the
-arguments of ``lightning.Trainer``): their schema is derived from the signature and checked by
-:func:`validate` before anything runs. The optimizer and scheduler groups also carry cnnlab's own
-options around their class (:class:`OptimizerOptions`, :class:`SchedulerOptions`). Deriving a
-schema needs the class imported, and importing Lightning takes seconds, which ``cnnlab-train
---help`` and ``--cfg job`` should not pay.
+Groups with a fixed shape (module, transfer, eval, convergence, paths) are dataclasses
+registered in Hydra's ConfigStore as ``train_schema``, so Hydra rejects a misspelt key or a
+badly typed value while it composes. Groups that name a class with ``_target_`` (model, data,
+augmentation, optimizer, scheduler, logger, callbacks) take whatever that class takes, and so
+does ``trainer`` (the arguments of ``lightning.Trainer``): their schema is derived from the
+signature and checked by :func:`validate` before anything runs. The optimizer and scheduler
+groups also carry cnnlab's own options around their class (:class:`OptimizerOptions`,
+:class:`SchedulerOptions`). Deriving a schema needs the class imported, and importing Lightning
+takes seconds, which ``cnnlab-train --help`` and ``--cfg job`` should not pay.
 """
 
 from __future__ import annotations
@@ -142,6 +142,16 @@ class TTAMode(enum.Enum):
 class EvalConfig:
     # Test-time augmentation: test_acc_tta (averaged over views) is reported next to test_acc.
     tta: TTAMode = TTAMode.none
+
+
+@dataclass
+class ConvergenceConfig:
+    """When a run counts as trained to convergence (cnnlab.training.convergence): its training
+    loss fell by less than ``loss_drop`` (a fraction) over the last fifth of its epochs, or its
+    last epoch's training accuracy reached ``acc_ceiling``."""
+
+    loss_drop: float = 0.02
+    acc_ceiling: float = 0.995
 
 
 @dataclass
@@ -293,6 +303,7 @@ def train_schema() -> type:
             ("scheduler", dict[str, Any], field(default_factory=dict)),
             ("module", ModuleConfig, field(default_factory=ModuleConfig)),
             ("eval", EvalConfig, field(default_factory=EvalConfig)),
+            ("convergence", ConvergenceConfig, field(default_factory=ConvergenceConfig)),
             ("paths", PathsConfig, field(default_factory=PathsConfig)),
             ("trainer", trainer, field(default_factory=trainer)),
             ("ablation", Optional[AblationConfig], field(default=None)),
@@ -465,6 +476,15 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
             f"lightning.Trainer accepts: {accepted}."
         ) from None
+    for key, high in (("loss_drop", 1.0), ("acc_ceiling", 1.0)):
+        value = resolved.convergence[key]
+        if not 0.0 < value <= high:
+            raise CnnlabError(
+                f"convergence.{key}={value} is not a fraction in (0, 1]. loss_drop is the relative "
+                "fall of the training loss over the last fifth of the epochs below which it has "
+                "flattened (e.g. 0.02); acc_ceiling the training accuracy at which a run has "
+                "nothing left to fit (e.g. 0.995)."
+            )
     if resolved.ckpt_path and not Path(resolved.ckpt_path).is_file():
         raise CnnlabError(
             f"ckpt_path={resolved.ckpt_path!r} is not a file. Give the path of a checkpoint, e.g. "

@@ -584,6 +584,14 @@ def epochs_done(trainer, run_dir: Path) -> int:
     return _peek(run_dir / LAST)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
+def epoch_losses(trainer, losses: list[float], run_dir: Path) -> list[float]:
+    """The finished epochs' mean training losses, ``losses`` as the LightningModule kept them;
+    spawned DDP workers keep theirs: then from last.ckpt, as :func:`epochs_done`."""
+    if losses or trainer.world_size == 1 or not (run_dir / LAST).is_file():
+        return losses
+    return list((_peek(run_dir / LAST).get("cnnlab") or {}).get("epoch_losses", []))
+
+
 def skip(plan: Plan) -> dict[str, Any]:
     """Write the skip marker of a job whose config has already completed (none when the job's
     own dir holds that run); train nothing."""

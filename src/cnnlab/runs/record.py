@@ -46,9 +46,10 @@ UNFINISHED = (Status.RUNNING, Status.INTERRUPTED)
 # Config keys (dotted: a key and everything below it) that do not change what a run trains: what
 # it is called, where it writes (paths, and the trainer's root dir, which follows them), how it was
 # started (resume, resume_fallback, skip_completed), where it reports to (loggers), the claim an
-# ablation experiment tests, and the model costs that the W&B config carries. ``ckpt_path`` is
-# part of the identity: a run started from a checkpoint trains something else than one started
-# from scratch. Callbacks are too: ``callbacks=ema`` changes the weights.
+# ablation experiment tests, the convergence rule that judges the trained run (a job skipped as
+# a repeat keeps the judgement its run got), and the model costs that the W&B config carries.
+# ``ckpt_path`` is part of the identity: a run started from a checkpoint trains something else
+# than one started from scratch. Callbacks are too: ``callbacks=ema`` changes the weights.
 NOT_IDENTITY = (
     "name",
     "paths",
@@ -58,6 +59,7 @@ NOT_IDENTITY = (
     "skip_completed",
     "logger",
     "ablation",
+    "convergence",
     "model_summary",
 )
 # results.json files keep the hashes of earlier cnnlab versions, which must stay valid: the keys

@@ -133,6 +133,9 @@ class ClassificationModule(L.LightningModule):
         # No NaN check: torchmetrics' check reads the loss on the host (a sync every step); a NaN
         # loss should show in the epoch mean; StopOnNonFiniteLoss ends such a run.
         self.train_loss = MeanMetric(nan_strategy="disable")
+        # Every finished epoch's mean training loss, for the convergence rule; checkpoints keep
+        # it, so a resumed run is judged on all its epochs.
+        self.epoch_losses: list[float] = []
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
@@ -240,6 +243,9 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        # Computed here, before Lightning computes the logged value and resets the metric (the
+        # same value: torchmetrics keeps it until the reset).
+        self.epoch_losses.append(float(self.train_loss.compute()))
         self.log("train_loss_epoch", self.train_loss)
         self.log("train_acc", self.train_acc)
 
@@ -314,6 +320,7 @@ class ClassificationModule(L.LightningModule):
         # length, would fail deep inside torch, after a long traceback.
         if self.trainer.state.fn != TrainerFn.FITTING:
             return  # testing or predicting from a checkpoint restores the weights alone
+        self.epoch_losses = list((checkpoint.get("cnnlab") or {}).get("epoch_losses", []))
         saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
         saved = saved_cfg.get("scheduler", {})
         # Checkpoints of cnnlab before schedulers by _target_ name theirs by `name`.
@@ -339,4 +346,5 @@ class ClassificationModule(L.LightningModule):
         checkpoint["cnnlab"] = {
             "class_names": self.class_names,
             "config": self.run_config,
+            "epoch_losses": self.epoch_losses,
         }

@@ -26,6 +26,7 @@ from cnnlab.tracking.loggers import finish_wandb
 from cnnlab.tracking.profile import human
 from cnnlab.tracking.reporting import model_cost, print_summary
 from cnnlab.training.console import lightning_logs_once
+from cnnlab.training.convergence import judge as judge_convergence
 from cnnlab.training.ema import ema_callback, raw_weights
 from cnnlab.training.faults import AtomicCheckpointIO
 from cnnlab.training.module import ClassificationModule
@@ -170,6 +171,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ):
             if key in trainer.callback_metrics:
                 results[name] = float(trainer.callback_metrics[key])
+        losses = runs.epoch_losses(trainer, module.epoch_losses, run_dir)
+        last_acc = results.get("final_train_acc")
+        results.update(judge_convergence(losses, last_acc, **cfg.convergence))
         if cfg.test:
             results["tested_checkpoint"] = best
             tester = single_device(trainer, cfg)

@@ -1,0 +1,71 @@
+"""Whether a run trained to convergence: the rule that results.json's ``converged`` records and
+that the ablation runner (cnnlab.analysis.ablation) judges claims on.
+
+A run has converged when its training loss has flattened, or when it has nothing left to fit:
+
+- over the last fifth of its epochs the training loss fell by less than ``loss_drop`` (a
+  fraction) of its value at the epoch before them: ``(L[n-k-1] - min(L[n-k:])) / L[n-k-1]`` with
+  ``k = n // 5`` epochs. The window's minimum, not its last value, so that a noisy last epoch
+  cannot make a loss that is still falling look flat; a loss that rose counts as flat (it had
+  stopped falling);
+- or its training accuracy in the last epoch reached ``acc_ceiling``.
+
+A run of fewer than five epochs has no last fifth: only the ceiling can show it converged. A
+run whose losses are not all finite never converged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+# The window is the last 1/WINDOW of the epochs.
+WINDOW = 5
+
+
+def judge(
+    losses: Sequence[float], last_train_acc: float | None, loss_drop: float, acc_ceiling: float
+) -> dict[str, Any]:
+    """``{"converged": bool, "convergence": {the figures it was judged on}}`` for a run whose
+    epochs ended with the training losses ``losses`` and last training accuracy
+    ``last_train_acc``."""
+    epochs = len(losses)
+    window = epochs // WINDOW
+    finite = all(math.isfinite(x) for x in losses)
+    drop = None
+    if window >= 1 and finite:
+        before = losses[-window - 1]
+        drop = (before - min(losses[-window:])) / before if before > 0 else 0.0
+    flat = drop is not None and drop < loss_drop
+    full = last_train_acc is not None and last_train_acc >= acc_ceiling
+    converged = finite and (flat or full)
+    return {
+        "converged": converged,
+        "convergence": {
+            "relative_loss_drop": drop,
+            "last_train_acc": last_train_acc,
+            "loss_drop": loss_drop,
+            "acc_ceiling": acc_ceiling,
+            "epochs": epochs,
+            "window_epochs": window,
+            "reason": _reason(drop, last_train_acc, loss_drop, acc_ceiling, epochs, window, finite),
+        },
+    }
+
+
+def _reason(
+    drop: float | None, acc: float | None, loss_drop: float, ceiling: float, epochs: int,
+    window: int, finite: bool,
+) -> str:  # fmt: skip
+    if not finite:
+        return "a training loss was not finite"
+    if acc is not None and acc >= ceiling:
+        return f"training accuracy {acc:.2%} reached the ceiling {ceiling:.2%}"
+    below = "" if acc is None else f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
+    if drop is None:
+        return f"{epochs} epoch(s): too short for a last fifth{below}"
+    over = f"the loss fell {drop:.2%} over the last {window} of {epochs} epochs"
+    if drop < loss_drop:
+        return f"{over}, less than {loss_drop:.2%}"
+    return f"{over}, not less than {loss_drop:.2%}: still falling{below}"

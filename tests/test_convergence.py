@@ -1,0 +1,86 @@
+"""The convergence rule on pure data: loss curves that flattened and that did not, the accuracy
+ceiling, runs too short for a last fifth, and the bad thresholds that the config refuses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cnnlab.config.schema import validate
+from cnnlab.errors import CnnlabError
+from cnnlab.training.convergence import judge
+
+RULE = {"loss_drop": 0.02, "acc_ceiling": 0.995}
+
+
+def test_a_flattened_loss_has_converged():
+    # Ten epochs: the last fifth is epochs 8-9, judged against epoch 7 (0.500).
+    losses = [2.3, 1.5, 1.0, 0.8, 0.65, 0.56, 0.52, 0.500, 0.495, 0.492]
+    judged = judge(losses, 0.83, **RULE)
+    assert judged["converged"]
+    figures = judged["convergence"]
+    assert figures["relative_loss_drop"] == pytest.approx((0.500 - 0.492) / 0.500)
+    assert figures["epochs"] == 10 and figures["window_epochs"] == 2
+    assert figures["loss_drop"] == 0.02 and figures["acc_ceiling"] == 0.995
+    assert figures["last_train_acc"] == 0.83
+    assert "less than 2.00%" in figures["reason"]
+
+
+def test_a_loss_still_falling_has_not_converged():
+    losses = [2.3, 1.8, 1.4, 1.1, 0.9, 0.75, 0.62, 0.52, 0.45, 0.40]
+    judged = judge(losses, 0.85, **RULE)
+    assert not judged["converged"]
+    assert judged["convergence"]["relative_loss_drop"] == pytest.approx((0.52 - 0.40) / 0.52)
+    assert "still falling" in judged["convergence"]["reason"]
+    # A looser rule takes the same curve as flat.
+    assert judge(losses, 0.85, loss_drop=0.25, acc_ceiling=0.995)["converged"]
+
+
+def test_the_window_minimum_decides_not_a_noisy_last_epoch():
+    # Still falling (0.60 -> 0.50) although the last epoch jumped back above the reference.
+    losses = [1.0, 0.9, 0.8, 0.7, 0.65, 0.62, 0.61, 0.60, 0.50, 0.63]
+    assert not judge(losses, 0.8, **RULE)["converged"]
+    # A loss that rose over the whole window had stopped falling: flat.
+    rising = [1.0, 0.9, 0.8, 0.7, 0.65, 0.62, 0.61, 0.60, 0.61, 0.63]
+    judged = judge(rising, 0.8, **RULE)
+    assert judged["converged"] and judged["convergence"]["relative_loss_drop"] < 0
+
+
+def test_the_accuracy_ceiling_converges_a_loss_still_falling():
+    losses = [0.5, 0.2, 0.1, 0.05, 0.03, 0.02, 0.012, 0.008, 0.005, 0.003]
+    assert not judge(losses, 0.990, **RULE)["converged"]
+    judged = judge(losses, 0.996, **RULE)
+    assert judged["converged"] and "reached the ceiling" in judged["convergence"]["reason"]
+
+
+def test_a_run_too_short_for_a_last_fifth_converges_only_at_the_ceiling():
+    """Four epochs have no last fifth (4 // 5 = 0 epochs): the loss criterion cannot be judged,
+    so such a run has converged only if its training accuracy reached the ceiling; five epochs
+    are the shortest run the loss criterion judges (its last epoch against the fourth)."""
+    short = [2.3, 1.0, 0.99, 0.989]
+    judged = judge(short, 0.9, **RULE)
+    assert not judged["converged"]
+    assert judged["convergence"]["relative_loss_drop"] is None
+    assert judged["convergence"]["window_epochs"] == 0
+    assert "4 epoch(s): too short for a last fifth" in judged["convergence"]["reason"]
+    assert judge(short, 1.0, **RULE)["converged"]
+    assert not judge([], None, **RULE)["converged"]
+    five = judge([*short, 0.988], 0.9, **RULE)
+    assert five["converged"] and five["convergence"]["window_epochs"] == 1
+
+
+def test_a_non_finite_loss_never_converged():
+    losses = [2.3, 1.0, 0.9, 0.8, 0.7, math.nan]
+    judged = judge(losses, 1.0, **RULE)
+    assert not judged["converged"] and judged["convergence"]["relative_loss_drop"] is None
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["convergence.loss_drop=0", "convergence.acc_ceiling=1.5", "convergence.loss_drop=-1"],
+)
+def test_bad_thresholds_are_refused_with_what_is_accepted(compose_cfg, override):
+    key = override.split("=")[0]
+    with pytest.raises(CnnlabError, match=rf"{key}=.* is not a fraction in \(0, 1\]"):
+        validate(compose_cfg([override]))
