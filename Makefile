@@ -57,7 +57,7 @@ test-all: env data
 # claim's device scale composes in tests/test_ablation.py. CI runs this after make test.
 ablations-ci: env data
 	$(UV) run --frozen python scripts/reproduce.py all --scale ci
-	$(UV) run --frozen python scripts/reproduce.py transfer_cases --scale device --ci-size
+	$(UV) run --frozen python scripts/reproduce.py all --scale device --ci-size
 
 # `make env` installs every extra, viewers included (full mlflow: its UI server and pandas).
 tensorboard: PORT ?= 6006
