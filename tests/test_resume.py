@@ -110,6 +110,76 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}
 
 
+# 300 training images in batches of 10 (30 steps an epoch); 200 validation and 200 test images in
+# batches of 10, 20 batches each, so that a kill lands inside the validation or the test loop.
+# last.ckpt every 10 steps: one falls on the epoch's last step, the one Lightning validates after.
+EVALUATED = [
+    "model=lenet5",
+    "data.samples_per_class=30",
+    "data.batch_size=10",
+    "data.val_size=200",
+    "data.eval_batch_size=10",
+    "trainer.limit_test_batches=20",
+    "optimizer.lr=0.01",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=5",
+    "callbacks.last_checkpoint.every_n_train_steps=10",
+    "callbacks.progress.every_n_steps=5",
+    "callbacks=ema",
+]
+# What differs between two runs of one config: where and when they ran.
+RUN_SPECIFIC = {"run_dir", "pid", "host", "wall_time_s", "resumed", "tested_checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The run dir of EVALUATED trained and tested without a fault."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(EVALUATED, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = run_dirs(cwd)
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, whole: Path) -> None:
+    """``run_dir`` ends as the uninterrupted ``whole``: bit-identical weights (raw and EMA),
+    metrics.csv row for row, and results.json but for where and when it ran."""
+    expected, got = weights(whole), weights(run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert metrics_rows(run_dir) == metrics_rows(whole)
+    results, whole_results = read_results(run_dir), read_results(whole)
+    assert {k: v for k, v in results.items() if k not in RUN_SPECIFIC} == {
+        k: v for k, v in whole_results.items() if k not in RUN_SPECIFIC
+    }
+    assert results["tested_checkpoint"] == whole_results["tested_checkpoint"].replace(
+        str(whole), str(run_dir)
+    )
+
+
+@needs_fmnist
+@pytest.mark.heavy  # an uninterrupted run (shared), a killed one and its resume: ~1 min
+def test_sigkill_during_validation_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    killed = start_cli(EVALUATED, cwd=tmp_path)
+    kill_when_printed(killed, "epoch 0 validation 10/")
+    [run_dir] = run_dirs(tmp_path)
+    # Not the checkpoint of step 30, before its validation (Lightning would resume it as
+    # validated, and skip the rest of the run): the one of step 20.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # Steps 21 to 30 again, then the interrupted validation, whole, then epoch 1.
+    assert "epoch 0 step 30/30" in resumed.stdout and "epoch 0 validation 20/20" in resumed.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    assert [r["status"] for r in read_results(run_dir)["resumed"]] == ["running"]
+    assert_same_run(run_dir, uninterrupted)
+    validated = [r["epoch"] for r in metrics_rows(run_dir) if r.get("val_acc")]
+    assert validated == ["0", "1"]  # each epoch's validation logged once
+
+
 @needs_fmnist
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
