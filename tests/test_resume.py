@@ -181,6 +181,26 @@ def test_sigkill_during_validation_and_resume_equals_an_uninterrupted_run(tmp_pa
 
 
 @needs_fmnist
+@pytest.mark.heavy  # an uninterrupted run (shared), a killed one and its re-run: ~1 min
+def test_sigkill_during_testing_and_a_rerun_tests_without_training_again(tmp_path, uninterrupted):
+    killed = start_cli(EVALUATED, cwd=tmp_path)
+    kill_when_printed(killed, "test 10/")
+    [run_dir] = run_dirs(tmp_path)
+    stopped = read_results(run_dir)
+    assert stopped["status"] == "running" and stopped["epochs"] == 2 and "test_acc" not in stopped
+
+    again = run_cli([*EVALUATED, "resume=auto"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"cnnlab: continue {run_dir} from step 60" in again.stdout
+    # Not a training step, not a validation: the test alone, whole.
+    assert "epoch " not in again.stdout and "test 20/20" in again.stdout, again.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    assert_same_run(run_dir, uninterrupted)
+    tested = [r for r in metrics_rows(run_dir) if r.get("test_acc")]
+    assert len(tested) == 1  # logged once
+
+
+@needs_fmnist
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
     proc = run_cli(
