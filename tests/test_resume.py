@@ -497,3 +497,40 @@ def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
         for i, job in enumerate(jobs):
             if f"run_dir: {job}\n" in out:  # the table this process printed after training it
                 assert f"job   {i} completed" in out, out
+
+
+@needs_fmnist
+@pytest.mark.heavy  # two starts, a kill and a resume of a one-epoch run: ~1 min
+def test_two_processes_starting_the_same_config_under_resume_auto_train_it_once(tmp_path):
+    """A job script started twice at once (each call with its own timestamped run dir): one
+    trains; the other leaves the run to it, says so, exits 0 at once and leaves no dir behind.
+    Once the owner is killed, resume=auto continues its run in its dir."""
+    args = [*EVALUATED, "trainer.max_epochs=1", "test=false", "resume=auto"]
+    procs = [start_cli(args, cwd=tmp_path) for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while all(p.poll() is None for p in procs):
+        assert time.monotonic() < deadline, "neither process left the run to the other"
+        time.sleep(0.05)
+    [left] = [p for p in procs if p.poll() is not None]
+    [owner] = [p for p in procs if p is not left]
+    out = left.communicate()[0]
+    assert left.returncode == 0, out
+    assert "Trainer.fit" not in out and "epoch 0 step" not in out, out
+    [run_dir] = run_dirs(tmp_path)
+    assert (
+        f"cnnlab: {run_dir} is being trained by process {owner.pid} on {os.uname()[1]} now; "
+        "this call leaves that run to it, trains nothing and exits 0."
+    ) in out, out
+    # The dir Hydra made for the call that left is gone; the owner's is the only one.
+    assert [d for d in run_dir.parent.iterdir()] == [run_dir]
+
+    kill_when_printed(owner, "epoch 0 step 25/")
+    assert read_results(run_dir)["status"] == "running"  # its owner is dead, its lock free
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"cnnlab: continue {run_dir} from step 20" in again.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["resumed"] == [{"status": "running"}]
+    steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] >= 25  # each step once, to the end
