@@ -497,6 +497,10 @@ def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
         for i, job in enumerate(jobs):
             if f"run_dir: {job}\n" in out:  # the table this process printed after training it
                 assert f"job   {i} completed" in out, out
+    # A re-run's plan, asked first of real runs (whose config hashes Hydra's config, unresolved).
+    dry = run_cli(["--dry-run", *args], cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"skip: completed in {jobs[0]}" in dry.stdout and "dry run: 2 skip" in dry.stdout
 
 
 @needs_fmnist
