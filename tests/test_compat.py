@@ -48,6 +48,17 @@ class Tiny(L.LightningModule):
         return ResumableLoader(data, batch_size=1)
 
 
+class TinyValidated(Tiny):
+    """Tiny, validated on two one-image batches."""
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.log("val_loss", F.cross_entropy(self.layer(x), y))
+
+    def val_dataloader(self):
+        return ResumableLoader(self.train_dataloader().dataset, batch_size=5)
+
+
 def trainer(callbacks=(), **kwargs) -> L.Trainer:
     options = dict(max_epochs=1, logger=False, enable_checkpointing=False)
     return L.Trainer(
@@ -110,6 +121,51 @@ def test_save_last_checkpoint(tmp_path, every, saved_at):
     trainer([last, Count()], enable_checkpointing=True).fit(Tiny())
     assert steps == saved_at
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == BATCHES
+
+
+class Events(L.Callback):
+    """Records ("val", step) at each validation's start and ("save", step) at each save."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def on_validation_start(self, trainer, pl_module):
+        self.seen.append(("val", trainer.global_step))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.seen.append(("save", trainer.global_step))
+
+
+@pytest.mark.parametrize("interval, validated", [(1.0, [10]), (0.5, [5, 10])])
+def test_validates_after_this_batch(interval, validated):
+    asked, events = [], Events()
+
+    def ask(t, m, b, i):
+        if compat.validates_after_this_batch(t):
+            asked.append(t.global_step)
+
+    fit = trainer([OnBatch(end=ask), events], val_check_interval=interval,
+                  num_sanity_val_steps=0)  # fmt: skip
+    fit.fit(TinyValidated())
+    assert asked == validated == [step for what, step in events.seen if what == "val"]
+
+
+@pytest.mark.parametrize(
+    "interval, seen",
+    [
+        (1.0, [("save", 5), ("val", 10), ("save", 10)]),
+        (0.5, [("val", 5), ("save", 6), ("val", 10), ("save", 10)]),
+    ],
+)
+def test_no_last_checkpoint_is_saved_between_a_step_and_its_validation(tmp_path, interval, seen):
+    """Lightning resumes a checkpoint saved at a step it validates after as if that validation
+    had run: LastCheckpoint saves such a step once its validation has run."""
+    events = Events()
+    last = LastCheckpoint(str(tmp_path), every_n_train_steps=5)
+    fit = trainer([last, events], enable_checkpointing=True, val_check_interval=interval,
+                  num_sanity_val_steps=0)  # fmt: skip
+    fit.fit(TinyValidated())
+    assert events.seen == seen
 
 
 def test_logged_sums():

@@ -121,3 +121,37 @@ def test_rich_bar_shows_speed_and_time_left_of_the_run(tmp_path):
     assert all(int(m["img/s"]) > 0 for m in shown), shown
     assert shown[-1]["run eta"] == "0s"
     assert all(re.fullmatch(r"(\d+m)?\d+s", m["run eta"]) for m in shown), shown
+
+
+class EvaluatedClassifier(TinyClassifier):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self.net(x), y))
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+
+def test_plain_lines_show_a_long_validation_and_test_moving(tmp_path, capsys):
+    """A line every every_n_steps validation or test batches too (none in the sanity check)."""
+    loader = DataLoader(TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,))), 10)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[progress_bar(every_n_steps=2, interactive=False)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        default_root_dir=tmp_path,
+    )
+    module = EvaluatedClassifier()
+    trainer.fit(module, loader, loader)
+    trainer.test(module, loader, verbose=False)
+    lines = capsys.readouterr().out.splitlines()
+    evaluation = [line for line in lines if "validation" in line or line.startswith("test")]
+    assert evaluation == [
+        "epoch 0 validation 2/4",
+        "epoch 0 validation 4/4",
+        "test 2/4",
+        "test 4/4",
+    ], lines

@@ -31,30 +31,39 @@ def tree(root: Path) -> dict[str, tuple]:
     }
 
 
-def write_run(run_dir: Path, cfg, status: str, step: int | None = None, **extra) -> None:
+def write_run(run_dir: Path, job, status: str, step: int | None = None, **extra) -> None:
+    _, config_hash, plain = job
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "run_dir": str(run_dir), "config_hash": fingerprint(cfg), **extra}
+    record = {"status": status, "run_dir": str(run_dir), "config_hash": config_hash, **extra}
     (run_dir / "results.json").write_text(json.dumps(record))
     if step is not None:
-        # As plain values, as a checkpoint stores them (torch's weights_only load takes no enum).
-        plain = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
         save(run_dir / "checkpoints" / "last.ckpt", step, plain)
 
 
 @pytest.fixture
 def sweep_jobs(tmp_path, monkeypatch):
-    """The configs of SWEEP's jobs in a fixed sweep dir under tmp_path, as the CLI composes
-    them there."""
+    """(job dir, config hash, plain config) of each of SWEEP's jobs in a fixed sweep dir under
+    tmp_path, read while the job is current. Hashed unresolved, as Hydra hands a run its config
+    and the run hashes it; plain values, as a checkpoint stores them (torch's weights_only load
+    takes no enum)."""
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "outputs" / "sweep"
-    jobs = list(job_configs([*SWEEP[1:], f"hydra.sweep.dir={sweep}"], multirun=True))
+    overrides = [*SWEEP[1:], f"hydra.sweep.dir={sweep}"]
+    jobs = [
+        (
+            Path(cfg.paths.output_dir),
+            fingerprint(cfg),
+            OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True)),
+        )  # fmt: skip
+        for cfg in job_configs(overrides, multirun=True, resolve=False)
+    ]
     yield sweep, jobs
     HydraConfig.instance().cfg = None  # the other tests run outside a Hydra job
 
 
 def test_dry_run_prints_each_jobs_plan_and_writes_nothing(tmp_path, sweep_jobs):
     sweep, jobs = sweep_jobs
-    assert [Path(cfg.paths.output_dir) for cfg in jobs] == [sweep / str(n) for n in range(5)]
+    assert [job_dir for job_dir, _, _ in jobs] == [sweep / str(n) for n in range(5)]
     write_run(sweep / "0", jobs[0], "completed", test_acc=0.5)
     write_run(sweep / "1", jobs[1], "interrupted", step=30)
     write_run(sweep / "2", jobs[2], "failed", step=40, error="OSError: disk full")

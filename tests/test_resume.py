@@ -113,6 +113,96 @@ def test_sigkill_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert {r["epoch"] for r in rows if r.get("train_acc")} == {"0", "1"}
 
 
+# 300 training images in batches of 10 (30 steps an epoch); 200 validation and 200 test images in
+# batches of 10, 20 batches each, so that a kill lands inside the validation or the test loop.
+# last.ckpt every 10 steps: one falls on the epoch's last step, the one Lightning validates after.
+EVALUATED = [
+    "model=lenet5",
+    "data.samples_per_class=30",
+    "data.batch_size=10",
+    "data.val_size=200",
+    "data.eval_batch_size=10",
+    "trainer.limit_test_batches=20",
+    "optimizer.lr=0.01",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=5",
+    "callbacks.last_checkpoint.every_n_train_steps=10",
+    "callbacks.progress.every_n_steps=5",
+    "callbacks=ema",
+]
+# What differs between two runs of one config: where and when they ran.
+RUN_SPECIFIC = {"run_dir", "pid", "host", "wall_time_s", "resumed", "tested_checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The run dir of EVALUATED trained and tested without a fault."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(EVALUATED, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run_dir] = run_dirs(cwd)
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, whole: Path) -> None:
+    """``run_dir`` ends as the uninterrupted ``whole``: bit-identical weights (raw and EMA),
+    metrics.csv row for row, and results.json but for where and when it ran."""
+    expected, got = weights(whole), weights(run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert metrics_rows(run_dir) == metrics_rows(whole)
+    results, whole_results = read_results(run_dir), read_results(whole)
+    assert {k: v for k, v in results.items() if k not in RUN_SPECIFIC} == {
+        k: v for k, v in whole_results.items() if k not in RUN_SPECIFIC
+    }
+    assert results["tested_checkpoint"] == whole_results["tested_checkpoint"].replace(
+        str(whole), str(run_dir)
+    )
+
+
+@needs_fmnist
+@pytest.mark.heavy  # an uninterrupted run (shared), a killed one and its resume: ~1 min
+def test_sigkill_during_validation_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    killed = start_cli(EVALUATED, cwd=tmp_path)
+    kill_when_printed(killed, "epoch 0 validation 10/")
+    [run_dir] = run_dirs(tmp_path)
+    # Not the checkpoint of step 30, before its validation (Lightning would resume it as
+    # validated, and skip the rest of the run): the one of step 20.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # Steps 21 to 30 again, then the interrupted validation, whole, then epoch 1.
+    assert "epoch 0 step 30/30" in resumed.stdout and "epoch 0 validation 20/20" in resumed.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    assert [r["status"] for r in read_results(run_dir)["resumed"]] == ["running"]
+    assert_same_run(run_dir, uninterrupted)
+    validated = [r["epoch"] for r in metrics_rows(run_dir) if r.get("val_acc")]
+    assert validated == ["0", "1"]  # each epoch's validation logged once
+
+
+@needs_fmnist
+@pytest.mark.heavy  # an uninterrupted run (shared), a killed one and its re-run: ~1 min
+def test_sigkill_during_testing_and_a_rerun_tests_without_training_again(tmp_path, uninterrupted):
+    killed = start_cli(EVALUATED, cwd=tmp_path)
+    kill_when_printed(killed, "test 10/")
+    [run_dir] = run_dirs(tmp_path)
+    stopped = read_results(run_dir)
+    assert stopped["status"] == "running" and stopped["epochs"] == 2 and "test_acc" not in stopped
+
+    again = run_cli([*EVALUATED, "resume=auto"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"cnnlab: continue {run_dir} from step 60" in again.stdout
+    # Not a training step, not a validation: the test alone, whole.
+    assert "epoch " not in again.stdout and "test 20/20" in again.stdout, again.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    assert_same_run(run_dir, uninterrupted)
+    tested = [r for r in metrics_rows(run_dir) if r.get("test_acc")]
+    assert len(tested) == 1  # logged once
+
+
 @needs_fmnist
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
@@ -410,3 +500,44 @@ def test_two_processes_starting_the_same_sweep_train_each_job_once(tmp_path):
         for i, job in enumerate(jobs):
             if f"run_dir: {job}\n" in out:  # the table this process printed after training it
                 assert f"job   {i} completed" in out, out
+    # A re-run's plan, asked first of real runs (whose config hashes Hydra's config, unresolved).
+    dry = run_cli(["--dry-run", *args], cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"skip: completed in {jobs[0]}" in dry.stdout and "dry run: 2 skip" in dry.stdout
+
+
+@needs_fmnist
+@pytest.mark.heavy  # two starts, a kill and a resume of a one-epoch run: ~1 min
+def test_two_processes_starting_the_same_config_under_resume_auto_train_it_once(tmp_path):
+    """A job script started twice at once (each call with its own timestamped run dir): one
+    trains; the other leaves the run to it, says so, exits 0 at once and leaves no dir behind.
+    Once the owner is killed, resume=auto continues its run in its dir."""
+    args = [*EVALUATED, "trainer.max_epochs=1", "test=false", "resume=auto"]
+    procs = [start_cli(args, cwd=tmp_path) for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while all(p.poll() is None for p in procs):
+        assert time.monotonic() < deadline, "neither process left the run to the other"
+        time.sleep(0.05)
+    [left] = [p for p in procs if p.poll() is not None]
+    [owner] = [p for p in procs if p is not left]
+    out = left.communicate()[0]
+    assert left.returncode == 0, out
+    assert "Trainer.fit" not in out and "epoch 0 step" not in out, out
+    [run_dir] = run_dirs(tmp_path)
+    assert (
+        f"cnnlab: {run_dir} is being trained by process {owner.pid} on {os.uname()[1]} now; "
+        "this call leaves that run to it, trains nothing and exits 0."
+    ) in out, out
+    # The dir Hydra made for the call that left is gone; the owner's is the only one.
+    assert [d for d in run_dir.parent.iterdir()] == [run_dir]
+
+    kill_when_printed(owner, "epoch 0 step 25/")
+    assert read_results(run_dir)["status"] == "running"  # its owner is dead, its lock free
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"cnnlab: continue {run_dir} from step 20" in again.stdout
+    assert run_dirs(tmp_path) == [run_dir]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["resumed"] == [{"status": "running"}]
+    steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] >= 25  # each step once, to the end

@@ -3,19 +3,24 @@ does not, the keys cnnlab-compare leaves out, and results.json read and written 
 
 from __future__ import annotations
 
+import enum
 import json
 
 import pytest
 from omegaconf import OmegaConf
 
+from cnnlab.config.schema import register
 from cnnlab.runs.record import (
+    _HASHED_AS_NULL,
     NOT_IDENTITY,
     RunRecord,
     Status,
     fingerprint,
+    identity,
     identity_differences,
     is_identity,
 )
+from conftest import CONF
 
 
 def plain(**changes):
@@ -44,10 +49,124 @@ def plain(**changes):
     return cfg
 
 
+class Mode(enum.Enum):
+    FAST = 1
+
+
+def interpolated(**changes):
+    """A config with each kind of interpolation a run config may hold: of a value, of a whole
+    node, through a resolver, in a list, relative, escaped, and into paths and the name."""
+    register()
+    cfg = OmegaConf.create(
+        {
+            "seed": 7,
+            "name": "${model.arch}-${data.set}",
+            "resume": "auto",
+            "resume_fallback": False,
+            "skip_completed": True,
+            "model_summary": {"macs": 415680},
+            "model": {
+                "arch": "lenet5",
+                "num_classes": "${data.num_classes}",
+                "widths": [6, "${data.channels}", 16],
+                "mode": Mode.FAST,
+            },  # fmt: skip
+            "data": {
+                "set": "fmnist",
+                "root": "${paths.data_dir}/fmnist",
+                "num_classes": "${cnnlab.class_count:${data.classes},10}",
+                "classes": [0, 2, 4],
+                "channels": 1,
+                "seed": "${seed}",
+                "note": "escaped \\${seed}",
+            },  # fmt: skip
+            "optimizer": {"lr": 0.1, "momentum": 0.9},
+            "scheduler": {"optimizer": "${optimizer}", "warmup": "${.steps}", "steps": 5},
+            "callbacks": {"ckpt": {"dirpath": "${paths.output_dir}/checkpoints", "every": 100}},
+            "logger": {"csv": {"save_dir": "${paths.output_dir}/csv"}},
+            "trainer": {"max_epochs": 2, "default_root_dir": "${paths.output_dir}"},
+            "paths": {
+                "root_dir": "/r",
+                "data_dir": "${paths.root_dir}/data",
+                "output_dir": "/r/out/run1",
+            },  # fmt: skip
+            "ablation": None,
+        }
+    )
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+    return cfg
+
+
 def test_hashes_stored_by_earlier_versions_stay_valid():
-    """Pinned: the hash of earlier cnnlab versions for this config. A change of the identity
-    rules must not change it, or every completed run would look new to a re-run sweep."""
+    """Pinned: the hash of earlier cnnlab versions for these configs (the interpolated ones with
+    and without a relative interpolation). A change of the identity rules, or of the way they
+    are computed, must not change them, or every completed run would look new to a re-run
+    sweep."""
     assert fingerprint(plain()) == "66b6676717fef8bd"
+    assert fingerprint(interpolated()) == "3118e7c0c408a155"
+    assert fingerprint(interpolated(scheduler__warmup=3)) == "c3ebf633e393ff43"
+
+
+def whole_copy_identity(cfg) -> dict:
+    """The identity as cnnlab computed it when the stored hashes were written: resolved in a
+    plain OmegaConf copy of the whole config."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
+    for key in cfg.get("paths") or {}:
+        cfg.paths[key] = f"<paths.{key}>"
+    for key in NOT_IDENTITY:
+        if key in _HASHED_AS_NULL:
+            cfg[key] = None
+        elif "." not in key and key != "paths":
+            cfg.pop(key, None)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def shipped_choices() -> list[list[str]]:
+    """The overrides of each experiment and of each option of the groups that set values by
+    interpolation (models, data sets, transfer strategies...)."""
+    experiments = sorted((CONF / "experiment").rglob("*.yaml"))
+    choices = [["experiment=" + str(p.relative_to(CONF / "experiment"))[:-5]] for p in experiments]
+    for group in ("model", "data", "transfer", "augmentation", "scheduler"):
+        choices += [[f"{group}={p.stem}"] for p in sorted((CONF / group).glob("*.yaml"))]
+    return [[]] + choices
+
+
+# A few of them, of each kind: the default, a transfer and a paper recipe, a timm model, an image
+# folder (whose class count resolver fails without its root), an augmentation pipeline.
+SOME_CHOICES = [
+    [],
+    ["experiment=transfer/mnv2_two_stage"],
+    ["experiment=paper/efficientnet"],
+    ["model=timm"],
+    ["data=image_folder"],
+    ["augmentation=randaugment"],
+]
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [
+        pytest.param(SOME_CHOICES, id="some"),
+        pytest.param(shipped_choices(), marks=pytest.mark.heavy, id="all"),
+    ],
+)
+def test_shipped_configs_hash_as_a_whole_copy_of_them_did(compose_cfg, choices):
+    """identity() resolves the interpolations in a config of what they read, not in a copy of
+    the whole config: the same values for the configs cnnlab ships, as Hydra hands them to a
+    run (unresolved)."""
+    compared = 0
+    for overrides in choices:
+        cfg = compose_cfg(overrides)
+        try:
+            expected = whole_copy_identity(cfg)
+        except Exception as e:
+            with pytest.raises(type(e)):
+                identity(cfg)
+            continue
+        assert identity(cfg) == expected, overrides
+        compared += 1
+    assert compared >= len(choices) - 2
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ def main() -> float | None:
             )
         multirun = any(a in MULTIRUN for a in args)
         overrides = [a for a in args if a not in MULTIRUN]
-        sys.exit(dry_run(job_configs(overrides, multirun)))
+        # Unresolved, as Hydra hands a run its config: the config hash must be the run's.
+        sys.exit(dry_run(job_configs(overrides, multirun, resolve=False)))
     except CnnlabError as e:
         exit_with(e)
 

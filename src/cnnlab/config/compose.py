@@ -39,12 +39,17 @@ def compose_config(overrides: Sequence[str], output_dir: str | None = None) -> D
     return validate(cfg)
 
 
-def job_configs(overrides: Sequence[str], multirun: bool) -> Iterator[DictConfig]:
+def job_configs(
+    overrides: Sequence[str], multirun: bool, resolve: bool = True
+) -> Iterator[DictConfig]:
     """The config of each job ``cnnlab-train [-m] OVERRIDES`` would run, in Hydra's job order,
     each with its own Hydra runtime set while it is current (its job dir is
     ``paths.output_dir``), composed without starting anything: no dir is made, nothing written.
     A multirun's grid is expanded as Hydra's basic sweeper does it, ``hydra.sweeper.params``
-    first; a sweeper that chooses its jobs as it goes (Optuna) is refused."""
+    first; a sweeper that chooses its jobs as it goes (Optuna) is refused. ``resolve=False``
+    leaves the interpolations in, as Hydra hands a job its config: what a run's config hash is
+    computed from (resolved, the paths below ``paths`` are the job dir's, not placeholders), to
+    be read while the job is current."""
     register()
     GlobalHydra.instance().clear()
     parser = OverridesParser.create()
@@ -53,7 +58,7 @@ def job_configs(overrides: Sequence[str], multirun: bool) -> Iterator[DictConfig
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("train", overrides=fixed, return_hydra_config=True)
         if not multirun:
-            yield _job(base, None)
+            yield _job(base, None, resolve=resolve)
             return
         if base.hydra.sweeper._target_ != BASIC_SWEEPER:
             raise CnnlabError(
@@ -73,11 +78,13 @@ def job_configs(overrides: Sequence[str], multirun: bool) -> Iterator[DictConfig
         sweep_dir = None  # resolved once, as Hydra does: ${now:} changes while jobs compose
         for num, job in enumerate(itertools.product(*choices.values())):
             cfg = compose("train", overrides=list(job), return_hydra_config=True)
-            yield _job(cfg, num, sweep_dir)
+            yield _job(cfg, num, sweep_dir, resolve)
             sweep_dir = HydraConfig.get().sweep.dir
 
 
-def _job(cfg: DictConfig, num: int | None, sweep_dir: str | None = None) -> DictConfig:
+def _job(
+    cfg: DictConfig, num: int | None, sweep_dir: str | None = None, resolve: bool = True
+) -> DictConfig:
     """``cfg`` without its Hydra node, which becomes the current Hydra config (job ``num`` of a
     multirun in ``sweep_dir``, default its own, or a single run when None) with its job dir as
     its runtime output dir, resolved as Hydra resolves them before a job starts."""
@@ -100,5 +107,6 @@ def _job(cfg: DictConfig, num: int | None, sweep_dir: str | None = None) -> Dict
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
-    OmegaConf.resolve(cfg)  # now, while this job's Hydra config is the current one
+    if resolve:
+        OmegaConf.resolve(cfg)  # now, while this job's Hydra config is the current one
     return cfg

@@ -611,14 +611,24 @@ def skip(plan: Plan) -> dict[str, Any]:
 
 def busy(plan: Plan) -> dict[str, Any]:
     """Leave a run that another process trains now to it: in a multirun, this job's own dir
-    points to it (status running); a single run stops with the reason."""
+    points to it (status running). A single run under ``resume=auto`` (a job script started
+    twice, or requeued while its first instance still trains) ends at once, without waiting
+    for the owner, which may train for hours; the call succeeds, as its run is in hand. Any
+    other single run stops with the reason: it asked for a run of its own in that dir."""
     plan.release()
     message = f"{plan.run_dir} is being trained by {RunLock(plan.run_dir).owner()} now"
     fresh = plan.pointer_dir
     if not plan.multirun:
         if fresh is not None:
             finish(plan, {})
-        raise CnnlabError(f"{message}; this call leaves that run to it and trains nothing.")
+        if plan.config.resume != "auto":
+            raise CnnlabError(f"{message}; this call leaves that run to it and trains nothing.")
+        print(
+            f"cnnlab: {message}; this call leaves that run to it, trains nothing and exits 0. "
+            "If that process stops before the run completes, resume=auto continues it.",
+            flush=True,
+        )
+        return {"status": Status.RUNNING.value, "run_dir": str(plan.run_dir)}
     pointer = {"status": Status.RUNNING.value, "run_dir": str(plan.run_dir)}
     if fresh is not None:
         pointer.update(run_dir=str(fresh), continued_in=str(plan.run_dir))

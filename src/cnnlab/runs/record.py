@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from enum import Enum
 from pathlib import Path
@@ -84,16 +85,79 @@ def fingerprint(cfg: DictConfig) -> str:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as :func:`fingerprint` hashes it."""
-    # A plain copy, without the schema, whose fields may not take the placeholders.
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
-    for key in cfg.get("paths") or {}:
-        cfg.paths[key] = f"<paths.{key}>"
+    # Plain values, without the schema, whose fields may not take the placeholders.
+    tree = OmegaConf.to_container(cfg, enum_to_str=True)
+    for key in tree.get("paths") or {}:
+        tree["paths"][key] = f"<paths.{key}>"
     for key in NOT_IDENTITY:
         if key in _HASHED_AS_NULL:
-            cfg[key] = None
+            tree[key] = None
         elif "." not in key and key != "paths":
-            cfg.pop(key, None)
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            tree.pop(key, None)
+    texts = _interpolations(tree)
+    if not texts:
+        return tree
+    joined = " ".join(texts)
+    if _RELATIVE.search(joined) or not _RESOLVERS_OF_VALUES.issuperset(_RESOLVER.findall(joined)):
+        return _resolved(tree)
+    # Resolved in a config of the part they can read alone: building an OmegaConf config of a
+    # whole run config took most of the time of a job's planning.
+    _merge(tree, _resolved(_reachable(tree, texts)))
+    return tree
+
+
+# Resolvers that read only their arguments (and Hydra's own config), never other nodes of the
+# config. An interpolation that calls another one, or a relative one (which may read a whole
+# parent node), is resolved in a whole copy of the config.
+_RESOLVERS_OF_VALUES = {
+    "hydra",
+    "now",
+    "oc.env",
+    "oc.decode",
+    "cnnlab.class_count",
+    "cnnlab.class_dirs",
+    "cnnlab.unique_dir",
+}
+_RESOLVER = re.compile(r"\$\{\s*([\w.-]+)\s*:")
+_RELATIVE = re.compile(r"\$\{\s*\.")
+
+
+def _resolved(tree: dict[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.create(tree), resolve=True, enum_to_str=True)
+
+
+def _interpolations(tree: Any) -> list[str]:
+    """The strings in ``tree`` that OmegaConf resolves (or unescapes)."""
+    if isinstance(tree, dict):
+        return [text for value in tree.values() for text in _interpolations(value)]
+    if isinstance(tree, list):
+        return [text for value in tree for text in _interpolations(value)]
+    return [tree] if isinstance(tree, str) and "${" in tree else []
+
+
+def _reachable(tree: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """What resolving the interpolations ``texts`` of ``tree`` reads: every node whose key occurs
+    in one of them, whole, and the interpolations themselves, with the keys that lead to them.
+    (An absolute or relative node interpolation names each key on its way.)"""
+    kept: dict[str, Any] = {}
+    for key, value in tree.items():
+        if any(str(key) in text for text in texts):
+            kept[key] = value
+        elif isinstance(value, dict):
+            if inner := _reachable(value, texts):
+                kept[key] = inner
+        elif _interpolations(value):
+            kept[key] = value
+    return kept
+
+
+def _merge(tree: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """Put the values of ``resolved``, a part of ``tree`` (:func:`_reachable`), into ``tree``."""
+    for key, value in resolved.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def identity_differences(a: DictConfig, b: DictConfig) -> list[str]:

@@ -38,6 +38,13 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
+def validates_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates when the training batch in progress ends (asked from
+    ``on_train_batch_end``, before the loop asks it): ``fit_loop.epoch_loop._should_check_val_fx``
+    with ``fit_loop._data_fetcher``."""
+    return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
 def _epoch_results(trainer: L.Trainer):
     # The training epoch's values logged with self.log, with their running reductions.
     return trainer.fit_loop.epoch_loop._results

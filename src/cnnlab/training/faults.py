@@ -27,6 +27,7 @@ from cnnlab.training.compat import (
     restore_loader_position,
     restore_metric_states,
     save_last_checkpoint,
+    validates_after_this_batch,
 )
 
 
@@ -84,6 +85,11 @@ class LastCheckpoint(ModelCheckpoint):
     place of Lightning's own SIGTERM handling, which stops without a checkpoint and exits 0.) A
     signal during validation takes effect at the epoch-end save after it; a second Ctrl-C raises
     KeyboardInterrupt at once.
+
+    Nothing is saved at a step that Lightning validates after (the epoch's last step, a
+    ``val_check_interval`` step): Lightning resumes such a checkpoint as if its validation had
+    run, skipping it, and at the epoch's last step the rest of the run with it. That save, and
+    a signal's stop, wait for the end of the validation: the epoch-end save, or the next step's.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
@@ -97,6 +103,8 @@ class LastCheckpoint(ModelCheckpoint):
         )
         self._signal: int | None = None
         self._handlers: dict[int, Any] = {}
+        self._every_steps = every_n_train_steps
+        self._save_after_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning registered its own handlers (at the start of fit), in the process that
@@ -111,12 +119,20 @@ class LastCheckpoint(ModelCheckpoint):
         self._signal = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if validates_after_this_batch(trainer):
+            every = self._every_steps
+            self._save_after_validation |= every > 0 and trainer.global_step % every == 0
+            return
+        if self._save_after_validation:
+            save_last_checkpoint(self, trainer)
+            self._save_after_validation = False
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._stop_if_signalled(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Skipped when a step-triggered save has just written this very state.
         save_last_checkpoint(self, trainer)
+        self._save_after_validation = False
         self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:

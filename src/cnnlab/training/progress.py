@@ -57,10 +57,17 @@ class RunSpeed:
         return (time.perf_counter() - self.start) / done * max(0, total - trainer.global_step)
 
 
+def _of(step: int, total: float) -> str:
+    """'7/100'; '7/?' for a loader of unknown length."""
+    return f"{step}/{'?' if total == float('inf') else int(total)}"
+
+
 class PlainProgressBar(ProgressBar):
     """One line every ``every_n_steps`` training steps and one per validation, for non-interactive
     output. Metrics are read (a host sync) only when a line is printed. A step line's images/s is
-    the speed since the previous line; an epoch line's, that of the epoch's training batches."""
+    the speed since the previous line; an epoch line's, that of the epoch's training batches.
+    Validation and testing print a line every ``every_n_steps`` batches too: a long one (a large
+    validation split, a slow data source) shows in the log that it is moving."""
 
     def __init__(self, every_n_steps: int = 50) -> None:
         super().__init__()
@@ -109,16 +116,31 @@ class PlainProgressBar(ProgressBar):
         self._epoch_train_end = time.perf_counter()
         step = batch_idx + 1
         if self.every_n_steps > 0 and step % self.every_n_steps == 0:
-            total = self.total_train_batches
-            total_text = "?" if total == float("inf") else str(int(total))
             metrics = self._metrics(trainer, pl_module, ("train_loss_step",))
             self._print(
-                f"epoch {trainer.current_epoch} step {step}/{total_text}",
+                f"epoch {trainer.current_epoch} step {_of(step, self.total_train_batches)}",
                 metrics,
                 f"{self.speed.images_per_s():.0f} img/s",
                 f"eta {duration(self.speed.seconds_left(trainer))}",
             )
             self.speed.restart_window()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if not trainer.sanity_checking:
+            where = f"epoch {trainer.current_epoch} validation"
+            self._eval_line(where, batch_idx, trainer.num_val_batches[dataloader_idx])
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._eval_line("test", batch_idx, trainer.num_test_batches[dataloader_idx])
+
+    def _eval_line(self, where: str, batch_idx: int, total: float) -> None:
+        step = batch_idx + 1
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0:
+            self._print(f"{where} {_of(step, total)}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Lightning validates inside the training epoch, so val_* are this epoch's here.

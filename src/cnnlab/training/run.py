@@ -151,6 +151,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, run_dir, results = job.config, job.run_dir, job.results
     results.update(job_info())
     trainer = None
+
+    def write_results() -> bool:
+        """results.json with the wall time so far, if this process keeps the run's books."""
+        results["wall_time_s"] = job.earlier.wall_time_s + time.perf_counter() - start
+        keeps_books = not job.follower and (trainer is None or trainer.global_rank == 0)
+        if keeps_books:
+            results.write(run_dir)
+        return keeps_books
+
     try:
         cfg = validate(cfg)
         results.update(share_machine(cfg))
@@ -174,6 +183,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         losses = runs.epoch_losses(trainer, module.epoch_losses, run_dir)
         last_acc = results.get("final_train_acc")
         results.update(judge_convergence(losses, last_acc, **cfg.convergence))
+        # On disk before testing: a run killed while it tests is continued with them, in a
+        # session that trains nothing and so logs no training figures of its own.
+        write_results()
         if cfg.test:
             results["tested_checkpoint"] = best
             tester = single_device(trainer, cfg)
@@ -204,9 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise CnnlabError(user_error) from None
         raise
     finally:
-        results["wall_time_s"] = job.earlier.wall_time_s + time.perf_counter() - start
-        if not job.follower and (trainer is None or trainer.global_rank == 0):
-            results.write(run_dir)
+        if write_results():
             runs.finish(job, results)
         job.release()
         if trainer is not None and trainer.global_rank == 0:
