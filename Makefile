@@ -46,15 +46,14 @@ train: env data
 	$(UV) run --frozen cnnlab-train $(ARGS)
 
 test: env data
-	$(UV) run --frozen pytest -m "not heavy" $(ARGS)
+	$(UV) run --frozen pytest -m "not heavy" --durations=15 $(ARGS)
 
 test-all: env data
 	$(UV) run --frozen pytest $(ARGS)
 
-# Every ablation of docs/ablations.md end to end at ci scale (minutes), then the one-GPU scale
-# (parallel jobs, full-size models and data sets) at the ci sizes for the transfer claim, whose
-# path is the longest (pretraining, two data sets, step budgets): about 2 minutes more. Every
-# claim's device scale composes in tests/test_ablation.py. CI runs this after make test.
+# Every ablation of docs/ablations.md end to end at ci scale (minutes), then every claim again
+# with the one-GPU scale's launcher (parallel joblib jobs), data sets and models at the ci sizes
+# (a few minutes more on 2 cores). CI runs this after make test.
 ablations-ci: env data
 	$(UV) run --frozen python scripts/reproduce.py all --scale ci
 	$(UV) run --frozen python scripts/reproduce.py all --scale device --ci-size
