@@ -8,12 +8,13 @@ ARGS ?=
 OUTPUTS ?= outputs
 HOST := 127.0.0.1
 
-.PHONY: help uv env data train test test-all ablations-ci lint format tensorboard mlflow-ui
+.PHONY: help uv env data train test test-all test-faults ablations-ci lint format tensorboard mlflow-ui
 
 help:
 	@echo "make train [ARGS='model=resnet20 trainer.max_epochs=3']  run an experiment"
 	@echo "make test                                               run the test suite"
 	@echo "make test-all                                           also the heavy tests (minutes)"
+	@echo "make test-faults                                        the heavy fault-matrix tests (CI)"
 	@echo "make ablations-ci                                       every ablation at ci scale"
 	@echo "make tensorboard [PORT=6006] | make mlflow-ui [PORT=5000] browse outputs/"
 	@echo "make lint | make format                                 ruff and the layer contract / fixes"
@@ -50,6 +51,12 @@ test: env data
 
 test-all: env data
 	$(UV) run --frozen pytest $(ARGS)
+
+# The minute-scale rows of the README's fault matrix (SIGKILL during validation and testing,
+# SIGTERM, a full disk, two processes racing) and the image folders' and shards' kill-and-resume
+# tests: the heavy tests that CI runs after make test.
+test-faults: env data
+	$(UV) run --frozen pytest -m heavy --durations=15 tests/test_resume.py tests/test_image_folder.py tests/test_shards.py $(ARGS)
 
 # Every ablation of docs/ablations.md end to end at ci scale (minutes), then every claim again
 # with the one-GPU scale's launcher (parallel joblib jobs), data sets and models at the ci sizes
