@@ -465,7 +465,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     resolved = OmegaConf.create(container)
     try:
         # Hydra's "+key=value" may add keys to a schema node; merging into the schema catches them.
-        OmegaConf.merge(OmegaConf.structured(train_schema()), resolved)
+        typed = OmegaConf.merge(OmegaConf.structured(train_schema()), resolved)
     except OmegaConfBaseException as e:
         raise CnnlabError(f"Bad config value {e.full_key}: {str(e).splitlines()[0]}.") from None
     try:
@@ -477,7 +477,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"lightning.Trainer accepts: {accepted}."
         ) from None
     for key, high in (("loss_drop", 1.0), ("acc_ceiling", 1.0)):
-        value = resolved.convergence[key]
+        # From the typed copy: a config stored by a cnnlab older than the rule has no node.
+        value = typed.convergence[key]
         if not 0.0 < value <= high:
             raise CnnlabError(
                 f"convergence.{key}={value} is not a fraction in (0, 1]. loss_drop is the relative "
