@@ -132,6 +132,16 @@ def test_onecycle_peaks_at_the_configured_lr():
     assert lrs[-1] < 1e-4
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
+def test_onecycle_runs_the_shortest_runs(steps):
+    """torch's OneCycleLR divides by zero when its warm-up is exactly one step (4 steps at
+    pct_start 0.25): cnnlab's schedule rises to the peak and falls in any number of steps."""
+    lrs = lrs_of(option("scheduler", "onecycle", pct_start=0.25), steps, steps)
+    assert len(lrs) == steps and max(lrs) <= 0.1 + 1e-9
+    if steps == 4:
+        assert lrs[0] < lrs[1] and lrs[-1] < lrs[1]
+
+
 def test_a_timm_scheduler_by_target_steps_per_update():
     cfg = OmegaConf.create(
         {

@@ -154,6 +154,11 @@ def build_scheduler(
                 )
             length = (own.length_arg, max(1, math.ceil(run)))
             args[own.length_arg] = length[1]
+            if args.get("pct_start", 0) * length[1] == 1:
+                # torch's OneCycleLR divides by its warm-up's length in steps, pct_start * total
+                # - 1: zero when the warm-up is exactly one step (4 steps at 0.25, a smoke run).
+                # Half a step more gives the same schedule's shape without the division.
+                args["pct_start"] = 1.5 / length[1]
         params = inspect.signature(cls).parameters
         if "max_lr" in params and "max_lr" not in args:  # one-cycle: the optimizer's lr peaks
             args["max_lr"] = [group["lr"] for group in optimizer.param_groups]
