@@ -13,9 +13,11 @@ from torch import nn
 from torchvision import models as tvm
 
 from cnnlab.data.spec import DataSpec
+from cnnlab.errors import CnnlabError
 from cnnlab.models.googlenet import GOOGLENET_TABLE, GoogLeNet, Inception
 from cnnlab.models.inception_v3 import InceptionV3
 from cnnlab.models.se import SqueezeExcitation
+from cnnlab.tracking.reporting import model_cost
 from cnnlab.training.module import ClassificationModule
 from conftest import CONF
 
@@ -350,3 +352,14 @@ def test_training_step_adds_weighted_aux_losses(make, channels, size, n_aux):
         assert isinstance(model(x), torch.Tensor)
         module.validation_step((x, y), 0)
     assert logits.shape == (4, 10)
+
+
+def test_googlenet_on_28px_images_names_the_size_it_needs():
+    """GoogLeNet downsamples 32x: at 28 px its last pool gets a 1x1 map. The run's first forward
+    pass (the model's cost) says which size it takes instead of PyTorch's pooling error."""
+    model = instantiate(
+        OmegaConf.load(CONF / "model" / "googlenet.yaml"), num_classes=10, in_chans=1
+    )
+    with pytest.raises(CnnlabError, match=r"data.image_size=28: GoogLeNet .* is (\d+): set"):
+        model_cost(classification_module(model, 0.3, channels=1, size=28))
+    assert model_cost(classification_module(model, 0.3, channels=1, size=64))["macs"] > 0

@@ -21,16 +21,41 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from cnnlab.errors import CnnlabError
 from cnnlab.tracking.plots import confusion_figure, misclassified_figure, rgb
 from cnnlab.tracking.profile import summarize
+
+# Image sizes tried, smallest first, to tell a user whose images a network shrinks to nothing
+# which size it needs (GoogLeNet's 32x downsampling and 3x3 pools need more than 28 px).
+SIZES = (32, 48, 64, 96, 128, 160, 224, 299)
 
 
 def model_cost(module: L.LightningModule) -> dict[str, int]:
     """Parameters and multiply-accumulates of the model of a ClassificationModule, for one image
-    of the size its preprocessing gives the model."""
-    size = module.preprocess.image_size
-    _, params, macs = summarize(module.model, (module.preprocess.channels, size, size))
+    of the size its preprocessing gives the model. The first forward pass of a run: a model
+    that cannot take images of that size fails here with the smallest size it takes."""
+    size, channels = module.preprocess.image_size, module.preprocess.channels
+    try:
+        _, params, macs = summarize(module.model, (channels, size, size))
+    except RuntimeError as e:
+        larger = next((s for s in SIZES if s > size and _runs(module.model, channels, s)), None)
+        if larger is None:
+            raise
+        raise CnnlabError(
+            f"data.image_size={size}: {type(module.model).__name__} cannot take {size} px "
+            f"images ({str(e).splitlines()[0]}); the smallest of {', '.join(map(str, SIZES))} "
+            f"px it takes is {larger}: set data.image_size={larger} or more (images are resized "
+            "to it), or pick a model for small images."
+        ) from None
     return {"params": params, "macs": macs}
+
+
+def _runs(model: torch.nn.Module, channels: int, size: int) -> bool:
+    try:
+        summarize(model, (channels, size, size))
+    except RuntimeError:
+        return False
+    return True
 
 
 def choices() -> dict[str, str]:
