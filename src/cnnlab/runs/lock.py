@@ -10,6 +10,7 @@ that is the stale-lock rule, with no pid to check and no file to clean up. On NF
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -26,6 +27,23 @@ _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # How long acquire() rides over another process's probe (is_locked), which holds a shared lock
 # for microseconds.
 PROBE_WAIT_S = 1.0
+
+
+# The fds of the locks this process holds. A forked child (a DataLoader worker) shares their
+# open file descriptions, and with them the flock: the lock would outlive a SIGKILLed owner
+# until its orphaned workers noticed and exited, and a resume meanwhile found the run "still
+# running". Children close them; the owner keeps the lock.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -50,10 +68,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._fd = fd
+        _HELD.add(fd)
         return True
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # closing the file releases the flock
             self._fd = None
 
