@@ -20,8 +20,8 @@ from cnnlab.data.folder_index import cache_file, scan
 from cnnlab.data.image_folder import ImageFiles, ImageFolder
 from cnnlab.data.images import EncodedBatch, Geometry, check_decode, decode
 from cnnlab.errors import CnnlabError
-from conftest import needs_fmnist, run_cli, run_dirs
-from test_resume import kill_when_printed, metrics_rows, start_cli, weights
+from conftest import needs_fmnist, run_cli
+from test_resume import killed_and_resumed, metrics_rows, weights
 
 
 def photo(seed: int, size=(400, 300)) -> Image.Image:
@@ -258,19 +258,7 @@ def test_sigkilled_folder_run_with_random_crops_resumes_bit_exactly(image_tree, 
             "trainer.max_epochs=2", "trainer.deterministic=true", "test=false", "callbacks=ema",
             "callbacks.last_checkpoint.every_n_train_steps=5", "callbacks.progress.every_n_steps=2",
             f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "killed").mkdir()
-    whole = start_cli(args, cwd=tmp_path / "whole")
-    killed = start_cli(args, cwd=tmp_path / "killed")
-    kill_when_printed(killed, "epoch 1 step 14/")
-    [run_dir] = run_dirs(tmp_path / "killed")
-    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert 24 < stopped["global_step"] < 48, "not mid-epoch"
-    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path / "killed")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    whole_out, _ = whole.communicate(timeout=600)
-    assert whole.returncode == 0, whole_out
-    [whole_dir] = run_dirs(tmp_path / "whole")
+    whole_dir, run_dir = killed_and_resumed(args, tmp_path, "epoch 1 step 14/", (24, 48))
     expected, got = weights(whole_dir), weights(run_dir)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -61,6 +61,26 @@ def kill_when_printed(proc: subprocess.Popen, line_start: str, timeout: float = 
     return "".join(seen)
 
 
+def killed_and_resumed(args: list[str], tmp_path: Path, kill_at: str, steps: tuple[int, int],
+                       timeout: float = 600) -> tuple[Path, Path]:  # fmt: skip
+    """Run ``args`` whole and, beside it, SIGKILLed when it prints ``kill_at`` (its last.ckpt
+    strictly between ``steps``, mid-epoch) and resumed: (the whole run's dir, the resumed one's)."""
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole = start_cli(args, cwd=tmp_path / "whole")
+    killed = start_cli(args, cwd=tmp_path / "killed")
+    kill_when_printed(killed, kill_at, timeout=timeout)
+    [run_dir] = run_dirs(tmp_path / "killed")
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert steps[0] < stopped["global_step"] < steps[1], "not mid-epoch"
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole_out, _ = whole.communicate(timeout=timeout)
+    assert whole.returncode == 0, whole_out
+    [whole_dir] = run_dirs(tmp_path / "whole")
+    return whole_dir, run_dir
+
+
 def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
     """metrics.csv without data_wait_frac, a measured time that differs from run to run."""
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:

@@ -171,7 +171,7 @@ def test_encoded_shard_items_decode_on_the_device_as_the_workers_do(tmp_path):
 def test_sigkilled_shards_run_resumes_bit_exactly(tmp_path):
     """Random crops in two workers, killed mid-epoch: the resumed run's weights and logs equal
     an uninterrupted run's."""
-    from test_resume import kill_when_printed, metrics_rows, start_cli, weights
+    from test_resume import killed_and_resumed, metrics_rows, weights
 
     out = tmp_path / "fm"
     assert shards_main([str(out), "data=fashion_mnist", "data.samples_per_class=50",
@@ -182,19 +182,7 @@ def test_sigkilled_shards_run_resumes_bit_exactly(tmp_path):
             "trainer.deterministic=true", "callbacks=ema", "test=false",
             "callbacks.last_checkpoint.every_n_train_steps=15",
             "callbacks.progress.every_n_steps=5"]  # fmt: skip
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "killed").mkdir()
-    whole = start_cli(args, cwd=tmp_path / "whole")
-    killed = start_cli(args, cwd=tmp_path / "killed")
-    kill_when_printed(killed, "epoch 1 step 20/", timeout=900)
-    [run_dir] = run_dirs(tmp_path / "killed")
-    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert 50 < stopped["global_step"] < 100, "not mid-epoch"
-    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path / "killed")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    whole_out, _ = whole.communicate(timeout=900)
-    assert whole.returncode == 0, whole_out
-    [whole_dir] = run_dirs(tmp_path / "whole")
+    whole_dir, run_dir = killed_and_resumed(args, tmp_path, "epoch 1 step 20/", (50, 100), 900)
     expected, got = weights(whole_dir), weights(run_dir)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert metrics_rows(run_dir) == metrics_rows(whole_dir)

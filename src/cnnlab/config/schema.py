@@ -476,9 +476,10 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
             f"lightning.Trainer accepts: {accepted}."
         ) from None
+    if "convergence" not in resolved:  # stored by a cnnlab older than the rule: its defaults
+        resolved.convergence = OmegaConf.to_container(typed.convergence)
     for key, high in (("loss_drop", 1.0), ("acc_ceiling", 1.0)):
-        # From the typed copy: a config stored by a cnnlab older than the rule has no node.
-        value = typed.convergence[key]
+        value = resolved.convergence[key]
         if not 0.0 < value <= high:
             raise CnnlabError(
                 f"convergence.{key}={value} is not a fraction in (0, 1]. loss_drop is the relative "

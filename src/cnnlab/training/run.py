@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.augment.pipeline import changes_images
 from cnnlab.config.job import job_info
-from cnnlab.config.schema import ConvergenceConfig, validate
+from cnnlab.config.schema import validate
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import planning as runs
@@ -182,10 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 results[name] = float(trainer.callback_metrics[key])
         losses = runs.epoch_losses(trainer, module.epoch_losses, run_dir)
         last_acc = results.get("final_train_acc")
-        # The schema's defaults under the config's own values: a run resumed from a checkpoint
-        # of a cnnlab older than the rule has no convergence node in its stored config.
-        rule = OmegaConf.merge(OmegaConf.structured(ConvergenceConfig), cfg.get("convergence", {}))
-        results.update(judge_convergence(losses, last_acc, **rule))
+        results.update(judge_convergence(losses, last_acc, **cfg.convergence))
         # On disk before testing: a run killed while it tests is continued with them, in a
         # session that trains nothing and so logs no training figures of its own.
         write_results()
