@@ -36,9 +36,13 @@ def main() -> None:
             walls.append(time.perf_counter() - start)
             data = json.loads((run_dir / "results.json").read_text())
             accs.append(data.get("test_acc_tta", data["test_acc"]))
+            # Wall time per epoch, start-up and test included: what an epoch costs on this
+            # machine, to set trainer.max_epochs from on another one.
             print(
-                f"seed {seed}: {walls[-1]:.1f} s wall, test accuracy {accs[-1]:.4f}"
-                f" (last epoch's training accuracy {data['final_train_acc']:.4f})"
+                f"seed {seed}: {walls[-1]:.1f} s wall ({walls[-1] / data['epochs']:.1f} s per epoch"
+                f" of {data['epochs']}), test accuracy {accs[-1]:.4f}"
+                f" (last epoch's training accuracy {data['final_train_acc']:.4f})",
+                flush=True,
             )
     print(
         f"{' '.join(args.overrides)}: test accuracy median {statistics.median(accs):.4f} "
