@@ -49,6 +49,7 @@ def test_claim_composes_at_the_scales_ci_does_not_run(name, scale, compose_cfg):
         at_ci = [o for o in at_ci if "," not in o.split("=", 1)[1] or "[" in o]
         small = compose_cfg([f"experiment=ablation/{name}", *at_ci], hydra=True)
         assert small.hydra.launcher.n_jobs == cfg.hydra.launcher.n_jobs
+        assert_loss_settles_before_the_last_fifth(cfg)
     a = cfg.ablation
     for expect in a.expect:
         keys = ("higher", "lower", "of", "to", "not_below", "than")
@@ -57,6 +58,23 @@ def test_claim_composes_at_the_scales_ci_does_not_run(name, scale, compose_cfg):
         # An ensemble claim is judged on cnnlab-ensemble's settings.
         by = ["setting"] if a.ensemble_tta else a.by
         assert selectors and all(set(s) <= set(by) for s in selectors), expect
+
+
+def assert_loss_settles_before_the_last_fifth(cfg) -> None:
+    """A step schedule's last decay comes two epochs or more before the last fifth of the epochs,
+    which the convergence rule reads: else the rule compares the epoch of the decay, whose mean
+    loss still holds the drop the decay causes, with the settled epochs after it."""
+    if not cfg.scheduler._target_.endswith("MultiStepLR") or cfg.scheduler.unit != "epoch":
+        return
+    epochs = cfg.trainer.max_epochs
+    assert max(cfg.scheduler.milestones) <= epochs - epochs // 5 - 2, (
+        cfg.scheduler.milestones, epochs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ablation.names())
+def test_cpu_scale_schedules_settle_before_the_last_fifth(name, compose_cfg):
+    assert_loss_settles_before_the_last_fifth(compose_cfg([f"experiment=ablation/{name}"]))
 
 
 def test_ci_sizes_replace_a_scales_own_for_the_same_key():
