@@ -16,6 +16,7 @@ from cnnlab.analysis import ablation
 from cnnlab.analysis.compare import Group, Run
 from cnnlab.config.compose import job_configs
 from cnnlab.errors import CnnlabError
+from cnnlab.training.convergence import WINDOW
 from conftest import needs_fmnist, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def assert_loss_settles_before_the_last_fifth(cfg) -> None:
     if not cfg.scheduler._target_.endswith("MultiStepLR") or cfg.scheduler.unit != "epoch":
         return
     epochs = cfg.trainer.max_epochs
-    assert max(cfg.scheduler.milestones) <= epochs - epochs // 5 - 2, (
+    assert max(cfg.scheduler.milestones) <= epochs - epochs // WINDOW - 2, (
         cfg.scheduler.milestones, epochs,
     )  # fmt: skip
 
