@@ -11,7 +11,7 @@ from cnnlab.config.schema import validate
 from cnnlab.errors import CnnlabError
 from cnnlab.training.convergence import judge
 
-RULE = {"loss_drop": 0.02, "acc_ceiling": 0.995}
+RULE = {"num_classes": 10, "loss_drop": 0.02, "acc_ceiling": 0.995, "above_chance": 0.1}
 
 
 def test_a_flattened_loss_has_converged():
@@ -34,7 +34,7 @@ def test_a_loss_still_falling_has_not_converged():
     assert judged["convergence"]["relative_loss_drop"] == pytest.approx((0.52 - 0.40) / 0.52)
     assert "still falling" in judged["convergence"]["reason"]
     # A looser rule takes the same curve as flat.
-    assert judge(losses, 0.85, loss_drop=0.25, acc_ceiling=0.995)["converged"]
+    assert judge(losses, 0.85, **{**RULE, "loss_drop": 0.25})["converged"]
 
 
 def test_the_window_minimum_decides_not_a_noisy_last_epoch():
@@ -70,6 +70,21 @@ def test_a_run_too_short_for_a_last_fifth_converges_only_at_the_ceiling():
     assert five["converged"] and five["convergence"]["window_epochs"] == 1
 
 
+def test_a_network_stuck_at_chance_has_not_converged():
+    # A naive GoogLeNet of the bottleneck claim: flat at ln(10) with 10% training accuracy.
+    stuck = [2.31, 2.303, 2.303, 2.302, 2.302, 2.302, 2.302, 2.302, 2.302, 2.302]
+    judged = judge(stuck, 0.101, **RULE)
+    assert not judged["converged"]
+    assert judged["convergence"]["relative_loss_drop"] < 0.02
+    assert judged["convergence"]["chance_floor"] == pytest.approx(0.2)
+    assert "not trained" in judged["convergence"]["reason"]
+    # The floor is chance (1 / classes) plus the margin: two classes need 60%.
+    assert not judge(stuck, 0.59, **{**RULE, "num_classes": 2})["converged"]
+    assert judge(stuck, 0.61, **{**RULE, "num_classes": 2})["converged"]
+    # Without a logged training accuracy nothing shows that it trained.
+    assert not judge(stuck, None, **RULE)["converged"]
+
+
 def test_a_non_finite_loss_never_converged():
     losses = [2.3, 1.0, 0.9, 0.8, 0.7, math.nan]
     judged = judge(losses, 1.0, **RULE)
@@ -78,7 +93,12 @@ def test_a_non_finite_loss_never_converged():
 
 @pytest.mark.parametrize(
     "override",
-    ["convergence.loss_drop=0", "convergence.acc_ceiling=1.5", "convergence.loss_drop=-1"],
+    [
+        "convergence.loss_drop=0",
+        "convergence.acc_ceiling=1.5",
+        "convergence.loss_drop=-1",
+        "convergence.above_chance=0",
+    ],
 )
 def test_bad_thresholds_are_refused_with_what_is_accepted(compose_cfg, override):
     key = override.split("=")[0]

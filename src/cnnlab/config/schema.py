@@ -148,10 +148,12 @@ class EvalConfig:
 class ConvergenceConfig:
     """When a run counts as trained to convergence (cnnlab.training.convergence): its training
     loss fell by less than ``loss_drop`` (a fraction) over the last fifth of its epochs, or its
-    last epoch's training accuracy reached ``acc_ceiling``."""
+    last epoch's training accuracy reached ``acc_ceiling``; and that accuracy is at least
+    ``above_chance`` above chance (1 / the number of classes)."""
 
     loss_drop: float = 0.02
     acc_ceiling: float = 0.995
+    above_chance: float = 0.1
 
 
 @dataclass
@@ -476,16 +478,18 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"Bad config value trainer.{e.full_key}: {str(e).splitlines()[0]}. "
             f"lightning.Trainer accepts: {accepted}."
         ) from None
-    if "convergence" not in resolved:  # stored by a cnnlab older than the rule: its defaults
-        resolved.convergence = OmegaConf.to_container(typed.convergence)
-    for key, high in (("loss_drop", 1.0), ("acc_ceiling", 1.0)):
+    # The schema's defaults for what a config stored by a cnnlab older than the rule, or than one
+    # of its terms, lacks.
+    resolved.convergence = OmegaConf.to_container(typed.convergence)
+    for key, high in (("loss_drop", 1.0), ("acc_ceiling", 1.0), ("above_chance", 1.0)):
         value = resolved.convergence[key]
         if not 0.0 < value <= high:
             raise CnnlabError(
                 f"convergence.{key}={value} is not a fraction in (0, 1]. loss_drop is the relative "
                 "fall of the training loss over the last fifth of the epochs below which it has "
                 "flattened (e.g. 0.02); acc_ceiling the training accuracy at which a run has "
-                "nothing left to fit (e.g. 0.995)."
+                "nothing left to fit (e.g. 0.995); above_chance how far above chance the last "
+                "training accuracy must be for a run to have trained at all (e.g. 0.1)."
             )
     if resolved.ckpt_path and not Path(resolved.ckpt_path).is_file():
         raise CnnlabError(

@@ -8,7 +8,11 @@ A run has converged when its training loss has flattened, or when it has nothing
   ``k = n // 5`` epochs. The window's minimum, not its last value, so that a noisy last epoch
   cannot make a loss that is still falling look flat; a loss that rose counts as flat (it had
   stopped falling);
-- or its training accuracy in the last epoch reached ``acc_ceiling``.
+- or its training accuracy in the last epoch reached ``acc_ceiling``;
+
+and it trained at all: its last training accuracy is at least ``above_chance`` above chance
+(1 / the number of classes). A network stuck at chance has a loss as flat as a trained one's (a
+naive GoogLeNet that never left 10% training accuracy on ten classes did), and is not converged.
 
 A run of fewer than five epochs has no last fifth: only the ceiling can show it converged. A
 run whose losses are not all finite never converged.
@@ -25,11 +29,12 @@ WINDOW = 5
 
 
 def judge(
-    losses: Sequence[float], last_train_acc: float | None, loss_drop: float, acc_ceiling: float
-) -> dict[str, Any]:
-    """``{"converged": bool, "convergence": {the figures it was judged on}}`` for a run whose
-    epochs ended with the training losses ``losses`` and last training accuracy
-    ``last_train_acc``."""
+    losses: Sequence[float], last_train_acc: float | None, num_classes: int, loss_drop: float,
+    acc_ceiling: float, above_chance: float,
+) -> dict[str, Any]:  # fmt: skip
+    """``{"converged": bool, "convergence": {the figures it was judged on}}`` for a run of
+    ``num_classes`` classes whose epochs ended with the training losses ``losses`` and last
+    training accuracy ``last_train_acc``."""
     epochs = len(losses)
     window = epochs // WINDOW
     finite = all(math.isfinite(x) for x in losses)
@@ -39,7 +44,9 @@ def judge(
         drop = (before - min(losses[-window:])) / before if before > 0 else 0.0
     flat = drop is not None and drop < loss_drop
     full = last_train_acc is not None and last_train_acc >= acc_ceiling
-    converged = finite and (flat or full)
+    floor = 1.0 / num_classes + above_chance
+    trained = last_train_acc is not None and last_train_acc >= floor
+    converged = finite and trained and (flat or full)
     return {
         "converged": converged,
         "convergence": {
@@ -47,22 +54,29 @@ def judge(
             "last_train_acc": last_train_acc,
             "loss_drop": loss_drop,
             "acc_ceiling": acc_ceiling,
+            "chance_floor": floor,
             "epochs": epochs,
             "window_epochs": window,
-            "reason": _reason(drop, last_train_acc, loss_drop, acc_ceiling, epochs, window, finite),
+            "reason": _reason(
+                drop, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window, finite
+            ),
         },
     }
 
 
 def _reason(
-    drop: float | None, acc: float | None, loss_drop: float, ceiling: float, epochs: int,
-    window: int, finite: bool,
+    drop: float | None, acc: float | None, loss_drop: float, ceiling: float, floor: float,
+    epochs: int, window: int, finite: bool,
 ) -> str:  # fmt: skip
     if not finite:
         return "a training loss was not finite"
-    if acc is not None and acc >= ceiling:
+    if acc is None:
+        return "no training accuracy was logged: whether it trained is unknown"
+    if acc < floor:
+        return f"training accuracy {acc:.2%} below {floor:.2%}, chance and a margin: not trained"
+    if acc >= ceiling:
         return f"training accuracy {acc:.2%} reached the ceiling {ceiling:.2%}"
-    below = "" if acc is None else f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
+    below = f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
     if drop is None:
         return f"{epochs} epoch(s): too short for a last fifth{below}"
     over = f"the loss fell {drop:.2%} over the last {window} of {epochs} epochs"

@@ -182,7 +182,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 results[name] = float(trainer.callback_metrics[key])
         losses = runs.epoch_losses(trainer, module.epoch_losses, run_dir)
         last_acc = results.get("final_train_acc")
-        results.update(judge_convergence(losses, last_acc, **cfg.convergence))
+        classes = module.num_classes
+        results.update(judge_convergence(losses, last_acc, classes, **cfg.convergence))
         # On disk before testing: a run killed while it tests is continued with them, in a
         # session that trains nothing and so logs no training figures of its own.
         write_results()
