@@ -3,11 +3,15 @@ that the ablation runner (cnnlab.analysis.ablation) judges claims on.
 
 A run has converged when its training loss has flattened, or when it has nothing left to fit:
 
-- over the last fifth of its epochs the training loss fell by less than ``loss_drop`` (a
-  fraction) of its value at the epoch before them: ``(L[n-k-1] - min(L[n-k:])) / L[n-k-1]`` with
-  ``k = n // 5`` epochs. The window's minimum, not its last value, so that a noisy last epoch
-  cannot make a loss that is still falling look flat; a loss that rose counts as flat (it had
-  stopped falling);
+- over the last fifth of its epochs (``k = n // 5``) the training loss fell by less than
+  ``loss_drop`` (a fraction) of its level at their start. The fall is read off a Theil-Sen line
+  through the epoch before the window and the window's ``k`` epochs (the median of the slopes
+  between every two of them, the level at the start the median of the losses less the slope's
+  part): one noisy epoch moves neither, so a noisy last epoch cannot make a loss that is still
+  falling look flat, and noise alone makes no fall. The window's minimum against the epoch
+  before it did: the least of ``k`` noisy losses lies below their level, so a flat loss of
+  one-batch epochs (claim 9's 20 images per class) or of small losses (plain-20 at 0.08-0.09)
+  read as a fall of 8%. A loss that rose counts as flat (it had stopped falling);
 - or its training accuracy in the last epoch reached ``acc_ceiling``;
 
 and it trained at all: its last training accuracy is at least ``above_chance`` above chance
@@ -21,6 +25,7 @@ run whose losses are not all finite never converged.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +45,7 @@ def judge(
     finite = all(math.isfinite(x) for x in losses)
     drop = None
     if window >= 1 and finite:
-        before = losses[-window - 1]
-        drop = (before - min(losses[-window:])) / before if before > 0 else 0.0
+        drop = fall(losses[-window - 1 :])
     flat = drop is not None and drop < loss_drop
     full = last_train_acc is not None and last_train_acc >= acc_ceiling
     floor = 1.0 / num_classes + above_chance
@@ -62,6 +66,21 @@ def judge(
             ),
         },
     }
+
+
+def fall(losses: Sequence[float]) -> float:
+    """How much ``losses`` fell from the first epoch to the last, as a fraction of their level at
+    the first, read off their Theil-Sen line (negative when they rose)."""
+    slopes = [
+        (losses[j] - losses[i]) / (j - i)
+        for i in range(len(losses))
+        for j in range(i + 1, len(losses))
+    ]
+    slope = statistics.median(slopes)
+    start = statistics.median(y - slope * x for x, y in enumerate(losses))
+    if start <= 0:
+        return 0.0
+    return -slope * (len(losses) - 1) / start
 
 
 def _reason(
