@@ -279,9 +279,12 @@ def section(
     curves.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(groups, by, curves)
     when = datetime.date.today().isoformat()
-    # Training time, so that a rerun which skips completed jobs reports the same.
-    minutes = sum(r.results.get("wall_time_s", 0.0) for r in runs if r.status == Status.COMPLETED)
-    minutes /= 60
+    # Training time, so that a rerun which skips completed jobs reports the same: summed over
+    # the runs, and the jobs that shared the machine at a time, which divide it into wall time.
+    done = [r for r in runs if r.status == Status.COMPLETED]
+    minutes = sum(r.results.get("wall_time_s", 0.0) for r in done) / 60
+    jobs = max((r.results.get("parallel_jobs", 1) for r in done), default=1)
+    at_once = f" ({jobs} jobs at a time)" if jobs > 1 else ""
     lines = [
         f"## {a.number}. {a.title}",
         "",
@@ -289,7 +292,8 @@ def section(
         "",
         *([f"**Paper:** {a.paper}", ""] if a.paper else []),
         f"**Measured** at `{scale}` scale{' (at the ci sizes)' if ci_size else ''} on {when}, "
-        f"{machine()}, {minutes:.1f} min of training: {describe(cfg, runs, by)}. Command: "
+        f"{machine()}, {minutes:.1f} min of training{at_once}: {describe(cfg, runs, by)}. "
+        "Command: "
         f"`python scripts/reproduce.py {name} --scale {scale}{' --ci-size' if ci_size else ''}`.",
         "",
         table(groups, by, metrics),
