@@ -158,7 +158,8 @@ def save(index: FolderIndex, path: Path) -> None:
         "folders_blob": folders.blob, "folders_offsets": folders.offsets,
         "folders_mtime": np.asarray(list(index.folders.values()), dtype=np.int64),
     }  # fmt: skip
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # The whole and the killed run of a test, or the jobs of a sweep, list the same tree at once.
+    atomic_write(path, lambda f: np.savez(f, **arrays), shared=True)
 
 
 def load(path: Path, root: Path, classes: list[str]) -> FolderIndex | None:
@@ -290,7 +291,7 @@ def store_stats(cache_dir: Path | None, root: Path, classes: list[str], key: str
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         saved = {}
-    write_json(path, {**saved, key: stats})
+    write_json(path, {**saved, key: stats}, shared=True)
 
 
 def class_folders(folder: Path) -> list[str]:

@@ -136,9 +136,6 @@ class RunIndex:
                     entry.unlink(missing_ok=True)
         runs = sum(map(len, scanned.values()))
         note = {"complete_since": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs_found": runs}
-        # Two jobs of a parallel sweep may both complete the index at once: each writes a part of
-        # its own, so that neither renames the other's away (write_text's one ".part" name raced:
-        # FileNotFoundError in a job of claim 6's sweep); the last rename wins, whole.
-        part = index / f"{COMPLETE}.{os.getpid()}.part"
-        part.write_text(json.dumps(note) + "\n")
-        os.replace(part, index / COMPLETE)
+        # Two jobs of a parallel sweep may both complete the index at once (a FileNotFoundError
+        # in a job of claim 6's sweep when they shared one part name); the last rename wins.
+        write_text(index / COMPLETE, json.dumps(note) + "\n", shared=True)
