@@ -68,6 +68,22 @@ def test_noise_alone_is_no_fall():
     assert not judge(sloped, 0.9, **RULE)["converged"]
 
 
+def test_the_fall_is_reported_with_its_noise_and_a_noise_above_the_threshold_is_named():
+    """Noise of 2.5% of the level an epoch, as the epoch losses of 1,000 images have (plain-20:
+    0.18-0.23 at a hundredth of the peak LR), over a window of 8: the fall's standard error is
+    about 4%, and a smooth line's is nil."""
+    noise = [0.025, -0.025, 0.0, 0.025, -0.025, 0.0, 0.025, -0.025, 0.0]
+    noisy = [1.0, 0.8, 0.7, 0.6, 0.5, 0.45, *(0.4 * (1 + e) for e in noise * 4)]
+    figures = judge(noisy, 0.9, **RULE)["convergence"]
+    assert 0.03 < figures["fall_noise"] < 0.05
+    sloped = [*noisy[:6], *(x * (1 - 0.01 * i) for i, x in enumerate(noisy[6:]))]
+    figures = judge(sloped, 0.9, **{**RULE, "loss_drop": 0.005})["convergence"]
+    assert "its noise is larger than the 0.50% the rule must resolve" in figures["reason"]
+    smooth = judge([1.0 - 0.01 * i for i in range(20)], 0.9, **RULE)["convergence"]
+    assert smooth["fall_noise"] == pytest.approx(0.0, abs=1e-12)
+    assert "noise 0.00%" in smooth["reason"]
+
+
 def test_the_accuracy_ceiling_converges_a_loss_still_falling():
     losses = [0.5, 0.2, 0.1, 0.05, 0.03, 0.02, 0.012, 0.008, 0.005, 0.003]
     assert not judge(losses, 0.990, **RULE)["converged"]

@@ -20,6 +20,13 @@ naive GoogLeNet that never left 10% training accuracy on ten classes did), and i
 
 A run of fewer than five epochs has no last fifth: only the ceiling can show it converged. A
 run whose losses are not all finite never converged.
+
+The fall's noise is reported beside it (``fall_noise``, one standard error, from the residuals'
+median absolute deviation about the line): it says what the rule could resolve. An epoch's loss
+is the mean over the epoch's batches, in training mode, so on a few hundred images it moves by
+several percent from epoch to epoch (which images a batch holds changes their BatchNorm
+statistics; a one-batch epoch of 64 of 100 images is a sample): where the noise is larger than
+``loss_drop``, only the ceiling can show such a run converged, and the reason says so.
 """
 
 from __future__ import annotations
@@ -43,9 +50,9 @@ def judge(
     epochs = len(losses)
     window = epochs // WINDOW
     finite = all(math.isfinite(x) for x in losses)
-    drop = None
+    drop = noise = None
     if window >= 1 and finite:
-        drop = fall(losses[-window - 1 :])
+        drop, noise = fall_and_noise(losses[-window - 1 :])
     flat = drop is not None and drop < loss_drop
     full = last_train_acc is not None and last_train_acc >= acc_ceiling
     floor = 1.0 / num_classes + above_chance
@@ -55,6 +62,7 @@ def judge(
         "converged": converged,
         "convergence": {
             "relative_loss_drop": drop,
+            "fall_noise": noise,
             "last_train_acc": last_train_acc,
             "loss_drop": loss_drop,
             "acc_ceiling": acc_ceiling,
@@ -62,7 +70,8 @@ def judge(
             "epochs": epochs,
             "window_epochs": window,
             "reason": _reason(
-                drop, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window, finite
+                drop, noise, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window,
+                finite,
             ),
         },
     }
@@ -71,6 +80,13 @@ def judge(
 def fall(losses: Sequence[float]) -> float:
     """How much ``losses`` fell from the first epoch to the last, as a fraction of their level at
     the first, read off their Theil-Sen line (negative when they rose)."""
+    return fall_and_noise(losses)[0]
+
+
+def fall_and_noise(losses: Sequence[float]) -> tuple[float, float]:
+    """``fall(losses)`` and its standard error: the residuals' scale about the line (1.4826 times
+    their median absolute deviation, the standard deviation were they normal) carried through
+    the least-squares formula for a slope's error, as a fraction of the same level."""
     slopes = [
         (losses[j] - losses[i]) / (j - i)
         for i in range(len(losses))
@@ -79,13 +95,17 @@ def fall(losses: Sequence[float]) -> float:
     slope = statistics.median(slopes)
     start = statistics.median(y - slope * x for x, y in enumerate(losses))
     if start <= 0:
-        return 0.0
-    return -slope * (len(losses) - 1) / start
+        return 0.0, 0.0
+    n = len(losses)
+    residuals = [y - start - slope * x for x, y in enumerate(losses)]
+    sigma = 1.4826 * statistics.median(abs(r) for r in residuals)
+    spread = sum((x - (n - 1) / 2) ** 2 for x in range(n))
+    return -slope * (n - 1) / start, sigma / math.sqrt(spread) * (n - 1) / start
 
 
 def _reason(
-    drop: float | None, acc: float | None, loss_drop: float, ceiling: float, floor: float,
-    epochs: int, window: int, finite: bool,
+    drop: float | None, noise: float | None, acc: float | None, loss_drop: float, ceiling: float,
+    floor: float, epochs: int, window: int, finite: bool,
 ) -> str:  # fmt: skip
     if not finite:
         return "a training loss was not finite"
@@ -98,7 +118,10 @@ def _reason(
     below = f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
     if drop is None:
         return f"{epochs} epoch(s): too short for a last fifth{below}"
-    over = f"the loss fell {drop:.2%} over the last {window} of {epochs} epochs"
+    over = f"the loss fell {drop:.2%} (noise {noise:.2%}) over the last {window} of {epochs} epochs"
     if drop < loss_drop:
         return f"{over}, less than {loss_drop:.2%}"
-    return f"{over}, not less than {loss_drop:.2%}: still falling{below}"
+    noisy = ""
+    if noise > loss_drop:
+        noisy = f"; its noise is larger than the {loss_drop:.2%} the rule must resolve"
+    return f"{over}, not less than {loss_drop:.2%}: still falling{below}{noisy}"
