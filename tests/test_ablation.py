@@ -105,6 +105,11 @@ def test_transfer_strategies_get_one_budget_of_optimizer_steps(scale, tmp_path, 
     budgets = {(cfg.trainer.max_steps, cfg.trainer.max_epochs) for cfg in jobs}
     [(steps, epochs)] = budgets
     assert steps >= 300 and epochs in (None, -1)
+    # At cpu scale the smallest training set is one batch: its epoch loss is the training set's,
+    # not a noisy sample of it that the convergence rule cannot read.
+    if scale == "cpu":
+        small = [cfg for cfg in jobs if cfg.data.samples_per_class == 20]
+        assert all(c.data.batch_size >= 20 * len(c.data.classes) for c in small)
     # The head's training accuracy is in the table.
     assert "final_train_acc" in a.metrics
 
