@@ -244,6 +244,21 @@ def test_the_table_counts_converged_runs_per_group():
     assert row_a.split(" | ")[2:4] == ["3", "1/3"] and row_b.split(" | ")[2:4] == ["2", "2/2"]
 
 
+def test_the_page_names_each_run_not_converged_and_the_rules_reason():
+    """An inconclusive (not converged) claim says why, measured: the seed and results.json's
+    reason of every run that did not converge, one line per group."""
+    reason = "the loss fell 4.31% (noise 1.10%) over the last 3 of 16 epochs, not less than 2.00%"
+    runs = [
+        Run(run_dir=f"a/{i}", status="completed", params={"m": "a", "seed": i},
+            results={"test_acc": 0.9, "converged": i != 1,
+                     "convergence": {"reason": reason if i == 1 else "reached the ceiling"}})
+        for i in range(3)
+    ]  # fmt: skip
+    done = Group(("b",), [Run("b/0", "completed", {"m": "b", "seed": 0}, {"converged": True})], [])
+    lines = ablation.not_converged([Group(("a",), runs, []), done], ["m"])
+    assert lines == [f"- not converged, m=a: seed 1: {reason}"]
+
+
 def test_page_keeps_other_sections(tmp_path):
     doc = tmp_path / "ablations.md"
     order = ["first", "second"]

@@ -301,6 +301,7 @@ def section(
         *([markdown(report), ""] if report else []),
         *(f"- {j.verdict}: {j.says} ({j.detail})" for j in judgements),
         *(f"- failed run: {r.run_dir}: {r.results.get('error', r.status)}" for r in failed),
+        *not_converged(groups, by),
         "",
         f"**Verdict: {verdict}.**",
         "",
@@ -308,6 +309,23 @@ def section(
         f"![{a.title}: mean ± std over seeds]({curves.relative_to(doc.parent)})",
     ]
     return "\n".join(lines), verdict
+
+
+def not_converged(groups: list[Group], by: list[str]) -> list[str]:
+    """One line per group with runs that did not converge: each run's seed and the rule's reason
+    (results.json's ``convergence``), so that an inconclusive claim says why, measured."""
+    lines = []
+    for g in groups:
+        reasons = [
+            f"seed {r.params.get('seed', '?')}: "
+            f"{(r.results.get('convergence') or {}).get('reason', 'no convergence record')}"
+            for r in g.runs
+            if r.results.get("converged") is not True
+        ]
+        if reasons:
+            label = ", ".join(f"{k}={v}" for k, v in zip(by, g.values, strict=True)) or "all"
+            lines.append(f"- not converged, {label}: {'; '.join(reasons)}")
+    return lines
 
 
 def machine() -> str:
