@@ -70,8 +70,7 @@ def judge(
             "epochs": epochs,
             "window_epochs": window,
             "reason": _reason(
-                drop, noise, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window,
-                finite,
+                drop, noise, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window, finite
             ),
         },
     }
