@@ -76,16 +76,12 @@ def judge(
     }
 
 
-def fall(losses: Sequence[float]) -> float:
-    """How much ``losses`` fell from the first epoch to the last, as a fraction of their level at
-    the first, read off their Theil-Sen line (negative when they rose)."""
-    return fall_and_noise(losses)[0]
-
-
 def fall_and_noise(losses: Sequence[float]) -> tuple[float, float]:
-    """``fall(losses)`` and its standard error: the residuals' scale about the line (1.4826 times
-    their median absolute deviation, the standard deviation were they normal) carried through
-    the least-squares formula for a slope's error, as a fraction of the same level."""
+    """How much ``losses`` fell from the first epoch to the last, as a fraction of their level at
+    the first, read off their Theil-Sen line (negative when they rose); and that fall's standard
+    error: the residuals' scale about the line (1.4826 times their median absolute deviation,
+    the standard deviation were they normal) carried through the least-squares formula for a
+    slope's error, as a fraction of the same level."""
     slopes = [
         (losses[j] - losses[i]) / (j - i)
         for i in range(len(losses))
