@@ -82,6 +82,10 @@ def test_the_fall_is_reported_with_its_noise_and_a_noise_above_the_threshold_is_
     smooth = judge([1.0 - 0.01 * i for i in range(20)], 0.9, **RULE)["convergence"]
     assert smooth["fall_noise"] == pytest.approx(0.0, abs=1e-12)
     assert "noise 0.00%" in smooth["reason"]
+    # Twelve epochs: a window of 2 and the epoch before it, too few points to show the noise.
+    short = judge([1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.48, 0.46, 0.45, 0.44, 0.42, 0.43], 0.9, **RULE)
+    assert short["convergence"]["fall_noise"] is None
+    assert "noise unknown" in short["convergence"]["reason"]
 
 
 def test_the_accuracy_ceiling_converges_a_loss_still_falling():

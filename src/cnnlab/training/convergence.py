@@ -38,6 +38,8 @@ from typing import Any
 
 # The window is the last 1/WINDOW of the epochs.
 WINDOW = 5
+# The fewest epochs (the window and the one before it) whose residuals can show the noise.
+MIN_NOISE_POINTS = 5
 
 
 def judge(
@@ -76,12 +78,13 @@ def judge(
     }
 
 
-def fall_and_noise(losses: Sequence[float]) -> tuple[float, float]:
+def fall_and_noise(losses: Sequence[float]) -> tuple[float, float | None]:
     """How much ``losses`` fell from the first epoch to the last, as a fraction of their level at
     the first, read off their Theil-Sen line (negative when they rose); and that fall's standard
     error: the residuals' scale about the line (1.4826 times their median absolute deviation,
     the standard deviation were they normal) carried through the least-squares formula for a
-    slope's error, as a fraction of the same level."""
+    slope's error, as a fraction of the same level; None for fewer than five epochs, whose
+    residuals about a line fitted through them are mostly nil (three read a noise of 0%)."""
     slopes = [
         (losses[j] - losses[i]) / (j - i)
         for i in range(len(losses))
@@ -89,9 +92,11 @@ def fall_and_noise(losses: Sequence[float]) -> tuple[float, float]:
     ]
     slope = statistics.median(slopes)
     start = statistics.median(y - slope * x for x, y in enumerate(losses))
-    if start <= 0:
-        return 0.0, 0.0
     n = len(losses)
+    if start <= 0:
+        return 0.0, None
+    if n < MIN_NOISE_POINTS:
+        return -slope * (n - 1) / start, None
     residuals = [y - start - slope * x for x, y in enumerate(losses)]
     sigma = 1.4826 * statistics.median(abs(r) for r in residuals)
     spread = sum((x - (n - 1) / 2) ** 2 for x in range(n))
@@ -113,10 +118,11 @@ def _reason(
     below = f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
     if drop is None:
         return f"{epochs} epoch(s): too short for a last fifth{below}"
-    over = f"the loss fell {drop:.2%} (noise {noise:.2%}) over the last {window} of {epochs} epochs"
+    spread = "noise unknown" if noise is None else f"noise {noise:.2%}"
+    over = f"the loss fell {drop:.2%} ({spread}) over the last {window} of {epochs} epochs"
     if drop < loss_drop:
         return f"{over}, less than {loss_drop:.2%}"
     noisy = ""
-    if noise > loss_drop:
+    if noise is not None and noise > loss_drop:
         noisy = f"; its noise is larger than the {loss_drop:.2%} the rule must resolve"
     return f"{over}, not less than {loss_drop:.2%}: still falling{below}{noisy}"
