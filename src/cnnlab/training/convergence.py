@@ -95,12 +95,13 @@ def fall_and_noise(losses: Sequence[float]) -> tuple[float, float | None]:
     n = len(losses)
     if start <= 0:
         return 0.0, None
+    drop = -slope * (n - 1) / start
     if n < MIN_NOISE_POINTS:
-        return -slope * (n - 1) / start, None
+        return drop, None
     residuals = [y - start - slope * x for x, y in enumerate(losses)]
     sigma = 1.4826 * statistics.median(abs(r) for r in residuals)
     spread = sum((x - (n - 1) / 2) ** 2 for x in range(n))
-    return -slope * (n - 1) / start, sigma / math.sqrt(spread) * (n - 1) / start
+    return drop, sigma / math.sqrt(spread) * (n - 1) / start
 
 
 def _reason(
