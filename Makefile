@@ -53,8 +53,8 @@ test-all: env data
 	$(UV) run --frozen pytest $(ARGS)
 
 # The minute-scale rows of the README's fault matrix (SIGKILL during validation and testing,
-# SIGTERM, a full disk, two processes racing) and the image folders' and shards' kill-and-resume
-# tests: the heavy tests that CI runs after make test.
+# SIGTERM, a full disk, two processes racing, sweeps killed and re-run) and the image folders' and
+# shards' kill-and-resume tests: the heavy tests that CI runs after make test.
 test-faults: env data
 	$(UV) run --frozen pytest -m heavy --durations=15 tests/test_resume.py tests/test_image_folder.py tests/test_shards.py $(ARGS)
 

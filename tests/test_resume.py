@@ -328,6 +328,7 @@ def test_checkpoints_load_whether_or_not_the_model_was_compiled(compose_cfg, tmp
 
 
 @needs_fmnist
+@pytest.mark.heavy  # a killed one-epoch sweep and its re-run on 1,000 images: ~20 s
 def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path):
     sweep = ["-m", *SMALL, "trainer.max_epochs=1", "seed=0"]
     killed = start_cli([*sweep, "hydra.sweep.dir=outputs/multirun/first"], cwd=tmp_path)
@@ -351,6 +352,7 @@ def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path
 FDR = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
 
 
+@pytest.mark.heavy  # two sweeps of two jobs: ~15 s; make test keeps the skip-by-config one
 def test_rerunning_a_multirun_in_a_fixed_sweep_dir_skips_completed_jobs_in_place(tmp_path):
     """The issue's report: the same multirun twice with hydra.sweep.dir named."""
     args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/my_sweep"]
@@ -378,6 +380,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 
 @needs_fmnist
+@pytest.mark.heavy  # two killed sweeps and a re-run: ~20 s
 def test_a_sweep_killed_during_start_up_is_rerun_in_its_fixed_sweep_dir(tmp_path):
     """Killed before job 0 wrote its results.json; then killed while job 1 loaded its data
     (status running, no checkpoint): each re-run starts what never started, skips what
