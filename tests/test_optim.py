@@ -184,7 +184,8 @@ def test_depthwise_filters_can_go_without_weight_decay():
 @needs_fmnist
 def test_new_optimizers_schedules_and_a_users_own_train_from_the_cli(tmp_path):
     """A multirun of the shipped RMSProp and an optimizer YAML of the user's own (in a folder
-    added with hydra.searchpath) under the exponential, plateau and multistep schedules."""
+    added with hydra.searchpath) under the exponential and plateau schedules (the paper recipes' and
+    the ablations' tests train under multistep)."""
     own = tmp_path / "myconf" / "optimizer"
     own.mkdir(parents=True)
     (own / "mine.yaml").write_text(
@@ -195,7 +196,7 @@ def test_new_optimizers_schedules_and_a_users_own_train_from_the_cli(tmp_path):
             "-m",
             f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
             "optimizer=rmsprop,mine",
-            "scheduler=exponential,plateau,multistep",
+            "scheduler=exponential,plateau",
             "model=lenet5",
             "data.samples_per_class=10",
             "data.val_size=100",
@@ -208,11 +209,11 @@ def test_new_optimizers_schedules_and_a_users_own_train_from_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dirs = run_dirs(tmp_path)
-    assert len(dirs) == 6
+    assert len(dirs) == 4
     targets = set()
     for run_dir in dirs:
         assert read_results(run_dir)["status"] == "completed"
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         targets.add((cfg.optimizer._target_, cfg.scheduler._target_))
     assert ("torch.optim.RMSprop", "torch.optim.lr_scheduler.ReduceLROnPlateau") in targets
-    assert len(targets) == 6
+    assert len(targets) == 4

@@ -225,6 +225,7 @@ def test_sigkill_during_testing_and_a_rerun_tests_without_training_again(tmp_pat
 
 
 @needs_fmnist
+@pytest.mark.heavy  # ~8 s; make test-faults runs the fault matrix's rows
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """An absurd learning rate with ReLUs: the loss is finite at step 1, infinite or NaN at 2."""
     proc = run_cli(
@@ -279,6 +280,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_last_checkpoint_whole(tmp_pa
 
 
 @needs_fmnist
+@pytest.mark.heavy  # two sweeps of two jobs: ~18 s; make test-faults runs it with the others
 def test_rerunning_a_multirun_skips_completed_jobs_by_config(tmp_path):
     tiny = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
     # The sweep dir is named here: this branch's default one needs Hydra's runtime values, which
@@ -352,7 +354,7 @@ def test_rerunning_a_multirun_continues_a_killed_job_in_its_own_run_dir(tmp_path
 FDR = ["-m", "debug=fdr", "model=lenet5", "data.samples_per_class=20", "test=false"]
 
 
-@pytest.mark.heavy  # two sweeps of two jobs: ~15 s; make test keeps the skip-by-config one
+@pytest.mark.heavy  # two sweeps of two jobs: ~15 s
 def test_rerunning_a_multirun_in_a_fixed_sweep_dir_skips_completed_jobs_in_place(tmp_path):
     """The issue's report: the same multirun twice with hydra.sweep.dir named."""
     args = [*FDR, "seed=0,1", "hydra.sweep.dir=outputs/my_sweep"]
