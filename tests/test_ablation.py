@@ -297,3 +297,25 @@ def test_claim_runs_end_to_end_at_ci_scale(tmp_path):
     [sweep] = (tmp_path / "outputs" / "ablations" / "ci" / "squeeze_excitation").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert [read_results(j)["status"] for j in jobs] == ["completed", "completed"]
+
+
+def test_the_overfit_gap_reads_the_training_images_in_inference_mode_where_probed():
+    # Dropout lowers the running accuracy of the last epoch (0.90) below the fit of the same
+    # images in inference mode (0.99): the gap is that of the fit, as the test set's is.
+    probed = {"final_train_acc": 0.90, "final_train_eval_acc": 0.99, "test_acc": 0.85}
+    run = Run(run_dir="r", status="completed", params={}, results=probed)
+    assert ablation.metric_value(run, "overfit_gap") == pytest.approx(0.14)
+    unprobed = {"final_train_acc": 0.90, "test_acc": 0.85}  # a run from before the probe
+    run = Run(run_dir="r", status="completed", params={}, results=unprobed)
+    assert ablation.metric_value(run, "overfit_gap") == pytest.approx(0.05)
+
+
+def test_a_rerun_that_skips_completed_jobs_reports_their_training_minutes():
+    trained = {"wall_time_s": 120.0, "parallel_jobs": 2}
+    runs = [
+        Run(run_dir="a/0", status="completed", params={}, results=trained),
+        # A skipped job carries the results of the run it repeats (cnnlab.analysis.compare).
+        Run(run_dir="a/1", status="skipped", params={}, results={**trained, "same_as": "x/1"}),
+        Run(run_dir="a/2", status="failed", params={}, results={"wall_time_s": 60.0}),
+    ]
+    assert ablation.training_minutes(runs) == (4.0, 2)

@@ -1,15 +1,24 @@
 """The convergence rule on pure data: loss curves that flattened and that did not, the accuracy
-ceiling, runs too short for a last fifth, and the bad thresholds that the config refuses."""
+ceiling, runs too short for a last fifth, and the bad thresholds that the config refuses; and
+the probe it is measured on."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
 
 from cnnlab.config.schema import validate
+from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
 from cnnlab.training.convergence import judge
+from cnnlab.training.module import ClassificationModule
+from conftest import CONF
 
 RULE = {"num_classes": 10, "loss_drop": 0.02, "acc_ceiling": 0.995, "above_chance": 0.1}
 
@@ -145,3 +154,53 @@ def test_bad_thresholds_are_refused_with_what_is_accepted(compose_cfg, override)
     key = override.split("=")[0]
     with pytest.raises(CnnlabError, match=rf"{key}=.* is not a fraction in \(0, 1\]"):
         validate(compose_cfg([override]))
+
+
+def _probed_module() -> ClassificationModule:
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(8, 10),
+    )
+    module = ClassificationModule(
+        model,
+        DataSpec(num_classes=10, channels=1, image_size=12, mean=(0.5,), std=(0.25,)),
+        optimizer=OmegaConf.load(CONF / "optimizer" / "sgd.yaml"),
+        scheduler=OmegaConf.load(CONF / "scheduler" / "none.yaml"),
+        probe_images=300,
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 1, 12, 12), dtype=torch.uint8, generator=generator)
+    module.probe_batch = images, torch.randint(0, 10, (300,), generator=generator)
+    return module
+
+
+def test_the_probe_is_the_training_images_fit_in_inference_mode_and_changes_nothing():
+    module = _probed_module().train()
+    module.model[1].eval()  # a frozen BatchNorm, as the transfer strategies keep it
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    loss, acc = module.evaluate_probe()
+    # In inference mode: the same figures twice (no dropout, running BatchNorm statistics) and
+    # those of the eval-mode network on the preprocessed images, in chunks or not.
+    assert module.evaluate_probe() == (loss, acc)
+    images, labels = module.probe_batch
+    with torch.no_grad():
+        x, _ = module.on_after_batch_transfer((images, labels), 0)
+        logits = copy.deepcopy(module.model).eval()(x)
+    assert loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert acc == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    # Each module's mode is back, nothing learnt or counted, no random number drawn.
+    assert module.training and module.model[5].training and not module.model[1].training
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_negative_probe_size_is_refused_with_what_is_accepted(compose_cfg):
+    with pytest.raises(CnnlabError, match=r"probe_images=-1 is negative.*or 0 to judge"):
+        validate(compose_cfg(["convergence.probe_images=-1"]))

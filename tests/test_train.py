@@ -50,6 +50,12 @@ def test_short_training_learns_fashion_mnist(tmp_path):
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "val_acc" in metrics.splitlines()[0] and "train_loss_epoch" in metrics
+    # The convergence rule reads 512 of the training images in inference mode after each epoch
+    # (their curves are in the metrics too), beside the epoch's running figures.
+    assert {"train_eval_loss", "train_eval_acc"} <= set(metrics.splitlines()[0].split(","))
+    assert results["convergence"]["measured_on"] == "inference-mode, 512 training images"
+    assert results["convergence"]["last_train_acc"] == results["final_train_eval_acc"] >= 0.7
+    assert results["final_train_eval_loss"] > 0 and results["final_train_acc"] >= 0.7
 
 
 @needs_fmnist

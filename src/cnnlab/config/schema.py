@@ -149,11 +149,14 @@ class ConvergenceConfig:
     """When a run counts as trained to convergence (cnnlab.training.convergence): its training
     loss fell by less than ``loss_drop`` (a fraction) over the last fifth of its epochs, or its
     last epoch's training accuracy reached ``acc_ceiling``; and that accuracy is at least
-    ``above_chance`` above chance (1 / the number of classes)."""
+    ``above_chance`` above chance (1 / the number of classes). Both are measured at the end of
+    each epoch on ``probe_images`` fixed training images in inference mode (0: the epoch's
+    running figures in training mode instead)."""
 
     loss_drop: float = 0.02
     acc_ceiling: float = 0.995
     above_chance: float = 0.1
+    probe_images: int = 512
 
 
 @dataclass
@@ -491,6 +494,13 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "nothing left to fit (e.g. 0.995); above_chance how far above chance the last "
                 "training accuracy must be for a run to have trained at all (e.g. 0.1)."
             )
+    probe = resolved.convergence["probe_images"]
+    if probe < 0:
+        raise CnnlabError(
+            f"convergence.probe_images={probe} is negative. It is how many fixed training images "
+            "are evaluated in inference mode after each epoch for the convergence rule (e.g. "
+            "512), or 0 to judge on the epoch's running training loss and accuracy instead."
+        )
     if resolved.ckpt_path and not Path(resolved.ckpt_path).is_file():
         raise CnnlabError(
             f"ckpt_path={resolved.ckpt_path!r} is not a file. Give the path of a checkpoint, e.g. "

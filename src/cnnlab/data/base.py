@@ -385,9 +385,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def sample_images(self, n: int) -> torch.Tensor:
         """Up to ``n`` seeded random training images, uint8 (n, C, H, W) as stored."""
+        return self.sample_batch(n)[0]
+
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``n`` seeded random training images (uint8, not augmented) and their labels."""
         data = self.train_set
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))[:n]
-        return data.images_and_labels(pick)[0]
+        return data.images_and_labels(pick)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:

@@ -16,6 +16,7 @@ Remote storage is reached through boto3 as configured by the environment (creden
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -280,11 +281,15 @@ class Shards(ImageDataModule):
         self.check_train_transform(transform)
         self.train_set.image_transform = transform
 
-    def sample_images(self, n: int) -> torch.Tensor:
-        """The first ``n`` training images in their evaluation geometry (for fitted
-        augmentations such as PCA lighting)."""
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training images in their evaluation geometry and their labels (for
+        fitted augmentations such as PCA lighting, and the convergence rule's probe): reading
+        the first chunks only, not a random draw over every shard."""
         data = self._dataset("train", train=False)
-        return torch.stack([data[i][0] for i in range(min(n, len(data)))])
+        # Iterated, not indexed: indexing a remote data set in the main process reads a chunk
+        # that its download has not finished (an empty buffer); iteration waits for each chunk.
+        items = list(itertools.islice(data, min(n, len(data))))
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return StreamingDataLoader(

@@ -584,12 +584,14 @@ def epochs_done(trainer, run_dir: Path) -> int:
     return _peek(run_dir / LAST)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
-def epoch_losses(trainer, losses: list[float], run_dir: Path) -> list[float]:
-    """The finished epochs' mean training losses, ``losses`` as the LightningModule kept them;
-    spawned DDP workers keep theirs: then from last.ckpt, as :func:`epochs_done`."""
-    if losses or trainer.world_size == 1 or not (run_dir / LAST).is_file():
-        return losses
-    return list((_peek(run_dir / LAST).get("cnnlab") or {}).get("epoch_losses", []))
+def epoch_figures(trainer, kept: dict[str, list], run_dir: Path) -> dict[str, list]:
+    """The finished epochs' figures for the convergence rule, ``kept`` as the LightningModule
+    kept them (name: one entry per epoch); spawned DDP workers keep theirs: then from last.ckpt,
+    as :func:`epochs_done`."""
+    if any(kept.values()) or trainer.world_size == 1 or not (run_dir / LAST).is_file():
+        return kept
+    saved = _peek(run_dir / LAST).get("cnnlab") or {}
+    return {name: list(saved.get(name, [])) for name in kept}
 
 
 def skip(plan: Plan) -> dict[str, Any]:

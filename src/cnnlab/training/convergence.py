@@ -22,11 +22,17 @@ A run of fewer than five epochs has no last fifth: only the ceiling can show it 
 run whose losses are not all finite never converged.
 
 The fall's noise is reported beside it (``fall_noise``, one standard error, from the residuals'
-median absolute deviation about the line): it says what the rule could resolve. An epoch's loss
-is the mean over the epoch's batches, in training mode, so on a few hundred images it moves by
-several percent from epoch to epoch (which images a batch holds changes their BatchNorm
-statistics; a one-batch epoch of 64 of 100 images is a sample): where the noise is larger than
-``loss_drop``, only the ceiling can show such a run converged, and the reason says so.
+median absolute deviation about the line): it says what the rule could resolve. Loss and
+accuracy are those of ``convergence.probe_images`` fixed training images evaluated in inference
+mode after each epoch (:meth:`ClassificationModule.evaluate_probe`): the fit of the training
+set itself. An epoch's running loss, the mean over its batches in training mode, moves by
+several percent from epoch to epoch on a few hundred images (which images a batch holds changes
+their BatchNorm statistics; augmentation and dropout change what is fitted), about the rule's
+2%; and its running accuracy under dropout or augmentation stays below a ceiling that the
+network has reached on the images themselves. With ``probe_images=0`` (or a run resumed from a
+checkpoint older than the probe) the rule reads the running figures; where their noise is
+larger than ``loss_drop``, only the ceiling can show such a run converged, and the reason says
+so.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ MIN_NOISE_POINTS = 5
 
 def judge(
     losses: Sequence[float], last_train_acc: float | None, num_classes: int, loss_drop: float,
-    acc_ceiling: float, above_chance: float,
+    acc_ceiling: float, above_chance: float, measured_on: str = "training",
 ) -> dict[str, Any]:  # fmt: skip
     """``{"converged": bool, "convergence": {the figures it was judged on}}`` for a run of
     ``num_classes`` classes whose epochs ended with the training losses ``losses`` and last
-    training accuracy ``last_train_acc``."""
+    training accuracy ``last_train_acc``; ``measured_on`` says how they were measured
+    (``training``: the epochs' running figures; or the probe's images in inference mode)."""
     epochs = len(losses)
     window = epochs // WINDOW
     finite = all(math.isfinite(x) for x in losses)
@@ -71,8 +78,18 @@ def judge(
             "chance_floor": floor,
             "epochs": epochs,
             "window_epochs": window,
+            "measured_on": measured_on,
             "reason": _reason(
-                drop, noise, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window, finite
+                drop,
+                noise,
+                last_train_acc,
+                loss_drop,
+                acc_ceiling,
+                floor,
+                epochs,
+                window,
+                finite,
+                measured_on,
             ),
         },
     }
@@ -106,17 +123,19 @@ def fall_and_noise(losses: Sequence[float]) -> tuple[float, float | None]:
 
 def _reason(
     drop: float | None, noise: float | None, acc: float | None, loss_drop: float, ceiling: float,
-    floor: float, epochs: int, window: int, finite: bool,
+    floor: float, epochs: int, window: int, finite: bool, measured_on: str,
 ) -> str:  # fmt: skip
     if not finite:
         return "a training loss was not finite"
     if acc is None:
         return "no training accuracy was logged: whether it trained is unknown"
+    # "training accuracy 97.00%" or "training accuracy (inference-mode, 512 training images)".
+    name = "training accuracy" + ("" if measured_on == "training" else f" ({measured_on})")
     if acc < floor:
-        return f"training accuracy {acc:.2%} below {floor:.2%}, chance and a margin: not trained"
+        return f"{name} {acc:.2%} below {floor:.2%}, chance and a margin: not trained"
     if acc >= ceiling:
-        return f"training accuracy {acc:.2%} reached the ceiling {ceiling:.2%}"
-    below = f", training accuracy {acc:.2%} below the ceiling {ceiling:.2%}"
+        return f"{name} {acc:.2%} reached the ceiling {ceiling:.2%}"
+    below = f", {name} {acc:.2%} below the ceiling {ceiling:.2%}"
     if drop is None:
         return f"{epochs} epoch(s): too short for a last fifth{below}"
     spread = "noise unknown" if noise is None else f"noise {noise:.2%}"

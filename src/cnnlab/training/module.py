@@ -103,11 +103,13 @@ class ClassificationModule(L.LightningModule):
         class_weights: str | list[float] | None = None,
         input_stats: InputStats | None = None,
         progressive_resize: Mapping | None = None,
+        probe_images: int = 0,
     ) -> None:
         """``callbacks``, ``lr_scales`` (per parameter name) and ``feature_cache`` come from the
         transfer strategy's plan (cnnlab.transfer.strategies.prepare); ``run_config``, the
         resolved config, goes into every checkpoint, which the trained-model commands rebuild
-        the run from."""
+        the run from. ``probe_images`` fixed training images are evaluated in inference mode
+        after each training epoch, for the convergence rule (cnnlab.training.convergence)."""
         super().__init__()
         self.model = model
         num_classes = data.num_classes
@@ -136,6 +138,10 @@ class ClassificationModule(L.LightningModule):
         # Every finished epoch's mean training loss, for the convergence rule; checkpoints keep
         # it, so a resumed run is judged on all its epochs.
         self.epoch_losses: list[float] = []
+        # [loss, accuracy, images] of the probe after each finished epoch, kept alike.
+        self.probe_images = probe_images
+        self.probe_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.train_eval: list[list[float]] = []
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
@@ -182,6 +188,9 @@ class ClassificationModule(L.LightningModule):
             rank_zero_info(f"inputs normalised with the statistics {stats}")
             self.class_names = list(data.class_names) or self.class_names
             self.augmentation.prepare(datamodule)
+            if self.probe_images > 0:
+                # Seeded by the data module's seed: a resumed run probes the same images.
+                self.probe_batch = datamodule.sample_batch(self.probe_images)
             if self.class_weights == "auto":
                 self.loss_weight = inverse_frequency(datamodule.class_counts()).to(self.device)
                 if getattr(datamodule, "sampler", None) == "balanced":
@@ -248,6 +257,47 @@ class ClassificationModule(L.LightningModule):
         self.epoch_losses.append(float(self.train_loss.compute()))
         self.log("train_loss_epoch", self.train_loss)
         self.log("train_acc", self.train_acc)
+        if self.probe_batch is not None:
+            loss, acc = self.evaluate_probe()
+            self.train_eval.append([loss, acc, len(self.probe_batch[1])])
+            # Equal on every process (the same images and weights): the reduction changes nothing.
+            self.log("train_eval_loss", loss, sync_dist=True)
+            self.log("train_eval_acc", acc, sync_dist=True)
+
+    @torch.no_grad()
+    def evaluate_probe(self) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the probe images in inference mode: the fit of the
+        training set without the noise of augmentation, dropout and batch statistics, which on
+        a small set moves an epoch's running loss by several percent. Each module's mode comes
+        back as it was (a frozen BatchNorm stays in inference mode); no random number is drawn,
+        so training goes on exactly as without the probe."""
+        images, labels = self.probe_batch
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        total, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        try:
+            chunk = self.probe_chunk
+            for start in range(0, len(labels), chunk):
+                batch = (images[start : start + chunk], labels[start : start + chunk])
+                x, y = self.on_after_batch_transfer(tuple(t.to(self.device) for t in batch), 0)
+                logits = self(x).float()
+                total += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        finally:
+            for module, mode in modes.items():
+                module.train(mode)
+        return float(total) / len(labels), float(correct) / len(labels)
+
+    @property
+    def probe_chunk(self) -> int:
+        """Images per forward pass of the probe: the evaluation batch size of the data."""
+        trainer = attached_trainer(self)
+        return max(1, getattr(trainer and trainer.datamodule, "eval_batch_size", 256))
+
+    def epoch_figures(self) -> dict[str, list]:
+        """What the convergence rule reads, per finished epoch: the running training loss and
+        the probe's [loss, accuracy, images]. Checkpoints keep both."""
+        return {"epoch_losses": self.epoch_losses, "train_eval": self.train_eval}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -320,7 +370,9 @@ class ClassificationModule(L.LightningModule):
         # length, would fail deep inside torch, after a long traceback.
         if self.trainer.state.fn != TrainerFn.FITTING:
             return  # testing or predicting from a checkpoint restores the weights alone
-        self.epoch_losses = list((checkpoint.get("cnnlab") or {}).get("epoch_losses", []))
+        kept = checkpoint.get("cnnlab") or {}
+        self.epoch_losses = list(kept.get("epoch_losses", []))
+        self.train_eval = [list(figures) for figures in kept.get("train_eval", [])]
         saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
         saved = saved_cfg.get("scheduler", {})
         # Checkpoints of cnnlab before schedulers by _target_ name theirs by `name`.
@@ -346,5 +398,5 @@ class ClassificationModule(L.LightningModule):
         checkpoint["cnnlab"] = {
             "class_names": self.class_names,
             "config": self.run_config,
-            "epoch_losses": self.epoch_losses,
+            **self.epoch_figures(),
         }

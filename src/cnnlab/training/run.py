@@ -107,6 +107,8 @@ def build_module(
         feature_cache=plan.feature_cache,
         run_config=OmegaConf.to_container(cfg),
         input_stats=None if plan.load_report is None else plan.load_report.stats,
+        # Configs stored by a cnnlab older than the probe have no such key.
+        probe_images=cfg.get("convergence", {}).get("probe_images", 0),
         **cfg.module,
     )
 
@@ -180,10 +182,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ):
             if key in trainer.callback_metrics:
                 results[name] = float(trainer.callback_metrics[key])
-        losses = runs.epoch_losses(trainer, module.epoch_losses, run_dir)
-        last_acc = results.get("final_train_acc")
-        classes = module.num_classes
-        results.update(judge_convergence(losses, last_acc, classes, **cfg.convergence))
+        figures = runs.epoch_figures(trainer, module.epoch_figures(), run_dir)
+        losses, probe = figures["epoch_losses"], figures["train_eval"]
+        last_acc, measured_on = results.get("final_train_acc"), "training"
+        # A run resumed from a checkpoint older than the probe has it for some epochs only.
+        if probe and len(probe) == len(losses):
+            loss, last_acc, images = probe[-1]
+            results["final_train_eval_loss"], results["final_train_eval_acc"] = loss, last_acc
+            losses = [figures[0] for figures in probe]
+            measured_on = f"inference-mode, {images} training images"
+        rule = {k: v for k, v in cfg.convergence.items() if k != "probe_images"}
+        results.update(
+            judge_convergence(losses, last_acc, module.num_classes, measured_on=measured_on, **rule)
+        )
         # On disk before testing: a run killed while it tests is continued with them, in a
         # session that trains nothing and so logs no training figures of its own.
         write_results()
