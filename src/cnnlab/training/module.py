@@ -138,7 +138,8 @@ class ClassificationModule(L.LightningModule):
         # Every finished epoch's mean training loss, for the convergence rule; checkpoints keep
         # it, so a resumed run is judged on all its epochs.
         self.epoch_losses: list[float] = []
-        # [loss, accuracy, images] of the probe after each finished epoch, kept alike.
+        # The probe's images (uint8, as stored) and labels, drawn when fitting starts; and its
+        # [loss, accuracy, images] after each finished epoch, kept alike.
         self.probe_images = probe_images
         self.probe_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.train_eval: list[list[float]] = []
