@@ -28,6 +28,15 @@ def test_twelve_claims_in_order():
     assert numbers == list(range(1, 13))
 
 
+@pytest.mark.parametrize("name", ablation.names())
+def test_a_table_with_the_overfit_gap_shows_the_accuracy_it_is_taken_from(name):
+    # The gap reads the probe's training accuracy (metric_value): the table shows it beside
+    # the last epoch's running accuracy, or the gap would not be the difference of its columns.
+    metrics = list(ablation.claim_config(name).ablation.metrics)
+    if "overfit_gap" in metrics:
+        assert "final_train_eval_acc" in metrics
+
+
 @pytest.mark.parametrize("scale", ["device", "gpu"])
 @pytest.mark.parametrize("name", ablation.names())
 def test_claim_composes_at_the_scales_ci_does_not_run(name, scale, compose_cfg):
