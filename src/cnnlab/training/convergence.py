@@ -67,6 +67,10 @@ def judge(
     floor = 1.0 / num_classes + above_chance
     trained = last_train_acc is not None and last_train_acc >= floor
     converged = finite and trained and (flat or full)
+    reason = _reason(
+        drop, noise, last_train_acc, loss_drop, acc_ceiling, floor, epochs, window, finite,
+        measured_on,
+    )  # fmt: skip
     return {
         "converged": converged,
         "convergence": {
@@ -79,18 +83,7 @@ def judge(
             "epochs": epochs,
             "window_epochs": window,
             "measured_on": measured_on,
-            "reason": _reason(
-                drop,
-                noise,
-                last_train_acc,
-                loss_drop,
-                acc_ceiling,
-                floor,
-                epochs,
-                window,
-                finite,
-                measured_on,
-            ),
+            "reason": reason,
         },
     }
 

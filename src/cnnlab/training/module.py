@@ -374,7 +374,7 @@ class ClassificationModule(L.LightningModule):
         kept = checkpoint.get("cnnlab") or {}
         self.epoch_losses = list(kept.get("epoch_losses", []))
         self.train_eval = [list(figures) for figures in kept.get("train_eval", [])]
-        saved_cfg = (checkpoint.get("cnnlab") or {}).get("config") or {}
+        saved_cfg = kept.get("config") or {}
         saved = saved_cfg.get("scheduler", {})
         # Checkpoints of cnnlab before schedulers by _target_ name theirs by `name`.
         saved = saved.get("_target_", saved.get("name"))

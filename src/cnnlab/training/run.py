@@ -189,7 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if probe and len(probe) == len(losses):
             loss, last_acc, images = probe[-1]
             results["final_train_eval_loss"], results["final_train_eval_acc"] = loss, last_acc
-            losses = [figures[0] for figures in probe]
+            losses = [entry[0] for entry in probe]
             measured_on = f"inference-mode, {images} training images"
         rule = {k: v for k, v in cfg.convergence.items() if k != "probe_images"}
         results.update(
