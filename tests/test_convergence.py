@@ -7,17 +7,19 @@ from __future__ import annotations
 import copy
 import math
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.config.schema import validate
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.training.convergence import judge
-from cnnlab.training.module import ClassificationModule
+from cnnlab.training.convergence import epochs_read, judge
+from cnnlab.training.module import ClassificationModule, runs_all_epochs
 from conftest import CONF
 
 RULE = {"num_classes": 10, "loss_drop": 0.02, "acc_ceiling": 0.995, "above_chance": 0.1}
@@ -199,6 +201,19 @@ def test_the_probe_is_the_training_images_fit_in_inference_mode_and_changes_noth
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_probe_runs_on_the_rules_epochs_unless_the_run_may_end_early(tmp_path):
+    # The rule reads the last fifth and the epoch before it: 9 of 40 epochs, 1 of 4.
+    assert [epochs_read(n) for n in (40, 20, 8, 4, 1)] == [9, 5, 2, 1, 1]
+    quiet = {"logger": False, "enable_checkpointing": False, "default_root_dir": tmp_path}
+    assert runs_all_epochs(L.Trainer(max_epochs=40, **quiet))
+    # Whichever epoch ends these, it must have been probed: every epoch is.
+    assert not runs_all_epochs(L.Trainer(max_epochs=40, max_steps=500, **quiet))
+    assert not runs_all_epochs(L.Trainer(max_epochs=40, max_time={"minutes": 5}, **quiet))
+    stop = EarlyStopping("val_loss", patience=3)
+    assert not runs_all_epochs(L.Trainer(max_epochs=40, callbacks=[stop], **quiet))
+    assert not runs_all_epochs(L.Trainer(max_epochs=-1, **quiet))
 
 
 def test_a_negative_probe_size_is_refused_with_what_is_accepted(compose_cfg):

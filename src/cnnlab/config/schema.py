@@ -149,14 +149,16 @@ class ConvergenceConfig:
     """When a run counts as trained to convergence (cnnlab.training.convergence): its training
     loss fell by less than ``loss_drop`` (a fraction) over the last fifth of its epochs, or its
     last epoch's training accuracy reached ``acc_ceiling``; and that accuracy is at least
-    ``above_chance`` above chance (1 / the number of classes). Both are measured at the end of
-    each epoch on ``probe_images`` fixed training images in inference mode (0: the epoch's
-    running figures in training mode instead)."""
+    ``above_chance`` above chance (1 / the number of classes). Both are measured on
+    ``probe_images`` fixed training images in inference mode (0: the epoch's running figures in
+    training mode instead) at the end of the epochs the rule reads, or of every epoch with
+    ``probe_every_epoch`` (curves of the whole run, at the probe's cost each epoch)."""
 
     loss_drop: float = 0.02
     acc_ceiling: float = 0.995
     above_chance: float = 0.1
     probe_images: int = 512
+    probe_every_epoch: bool = False
 
 
 @dataclass

@@ -24,8 +24,9 @@ run whose losses are not all finite never converged.
 The fall's noise is reported beside it (``fall_noise``, one standard error, from the residuals'
 median absolute deviation about the line): it says what the rule could resolve. Loss and
 accuracy are those of ``convergence.probe_images`` fixed training images evaluated in inference
-mode after each epoch (:meth:`ClassificationModule.evaluate_probe`): the fit of the training
-set itself. An epoch's running loss, the mean over its batches in training mode, moves by
+mode after each epoch the rule reads (:meth:`ClassificationModule.evaluate_probe`; every epoch
+when the run's length is not known in advance, or with ``probe_every_epoch``): the fit of the
+training set itself. An epoch's running loss, the mean over its batches in training mode, moves by
 several percent from epoch to epoch on a few hundred images (which images a batch holds changes
 their BatchNorm statistics; augmentation and dropout change what is fitted), about the rule's
 2%; and its running accuracy under dropout or augmentation stays below a ceiling that the
@@ -46,6 +47,12 @@ from typing import Any
 WINDOW = 5
 # The fewest epochs (the window and the one before it) whose residuals can show the noise.
 MIN_NOISE_POINTS = 5
+
+
+def epochs_read(epochs: int) -> int:
+    """How many of a run's last epochs the rule reads for a run of ``epochs`` epochs: the
+    window and the epoch before it (the last epoch alone when there is no window)."""
+    return epochs // WINDOW + 1
 
 
 def judge(

@@ -26,6 +26,7 @@ from cnnlab.tracking.loggers import finish_wandb
 from cnnlab.tracking.profile import human
 from cnnlab.tracking.reporting import model_cost, print_summary
 from cnnlab.training.console import lightning_logs_once
+from cnnlab.training.convergence import epochs_read
 from cnnlab.training.convergence import judge as judge_convergence
 from cnnlab.training.ema import ema_callback, raw_weights
 from cnnlab.training.faults import AtomicCheckpointIO
@@ -107,8 +108,9 @@ def build_module(
         feature_cache=plan.feature_cache,
         run_config=OmegaConf.to_container(cfg),
         input_stats=None if plan.load_report is None else plan.load_report.stats,
-        # Configs stored by a cnnlab older than the probe have no such key.
+        # Configs stored by a cnnlab older than the probe have no such keys.
         probe_images=cfg.get("convergence", {}).get("probe_images", 0),
+        probe_every_epoch=cfg.get("convergence", {}).get("probe_every_epoch", False),
         **cfg.module,
     )
 
@@ -185,13 +187,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         figures = runs.epoch_figures(trainer, module.epoch_figures(), run_dir)
         losses, probe = figures["epoch_losses"], figures["train_eval"]
         last_acc, measured_on = results.get("final_train_acc"), "training"
+        read = epochs_read(len(losses))
         # A run resumed from a checkpoint older than the probe has it for some epochs only.
-        if probe and len(probe) == len(losses):
-            loss, last_acc, images = probe[-1]
+        probed = probe[-read:] if len(probe) == len(losses) else []
+        if probed and None not in probed:
+            loss, last_acc, images = probed[-1]
             results["final_train_eval_loss"], results["final_train_eval_acc"] = loss, last_acc
-            losses = [entry[0] for entry in probe]
+            # The earlier epochs keep their running loss: the rule reads them only for being
+            # finite.
+            losses = losses[:-read] + [entry[0] for entry in probed]
             measured_on = f"inference-mode, {images} training images"
-        rule = {k: v for k, v in cfg.convergence.items() if k != "probe_images"}
+        rule = {k: v for k, v in cfg.convergence.items() if not k.startswith("probe_")}
         results.update(
             judge_convergence(losses, last_acc, module.num_classes, measured_on=measured_on, **rule)
         )
