@@ -26,10 +26,10 @@ median absolute deviation about the line): it says what the rule could resolve. 
 accuracy are those of ``convergence.probe_images`` fixed training images evaluated in inference
 mode after each epoch the rule reads (:meth:`ClassificationModule.evaluate_probe`; every epoch
 when the run's length is not known in advance, or with ``probe_every_epoch``): the fit of the
-training set itself. An epoch's running loss, the mean over its batches in training mode, moves by
-several percent from epoch to epoch on a few hundred images (which images a batch holds changes
-their BatchNorm statistics; augmentation and dropout change what is fitted), about the rule's
-2%; and its running accuracy under dropout or augmentation stays below a ceiling that the
+training set itself. An epoch's running loss, the mean over its batches in training mode, moves
+by several percent from epoch to epoch on a few hundred images (which images a batch holds
+changes their BatchNorm statistics; augmentation and dropout change what is fitted), about the
+rule's 2%; and its running accuracy under dropout or augmentation stays below a ceiling that the
 network has reached on the images themselves. With ``probe_images=0`` (or a run resumed from a
 checkpoint older than the probe) the rule reads the running figures; where their noise is
 larger than ``loss_drop``, only the ceiling can show such a run converged, and the reason says
