@@ -18,8 +18,8 @@ from torch import nn
 from cnnlab.config.schema import validate
 from cnnlab.data.spec import DataSpec
 from cnnlab.errors import CnnlabError
-from cnnlab.training.convergence import epochs_read, judge
-from cnnlab.training.module import ClassificationModule, runs_all_epochs
+from cnnlab.training.convergence import epochs_read, judge, planned_epochs
+from cnnlab.training.module import ClassificationModule, epochs_ahead
 from conftest import CONF
 
 RULE = {"num_classes": 10, "loss_drop": 0.02, "acc_ceiling": 0.995, "above_chance": 0.1}
@@ -206,14 +206,17 @@ def test_the_probe_is_the_training_images_fit_in_inference_mode_and_changes_noth
 def test_the_probe_runs_on_the_rules_epochs_unless_the_run_may_end_early(tmp_path):
     # The rule reads the last fifth and the epoch before it: 9 of 40 epochs, 1 of 4.
     assert [epochs_read(n) for n in (40, 20, 8, 4, 1)] == [9, 5, 2, 1, 1]
+    # A step budget ends the run in the epoch of its last step (claim 9: 400 epochs of one batch).
+    assert planned_epochs(40, None, 30) == planned_epochs(40, -1, math.inf) == 40
+    assert planned_epochs(-1, 400, 1) == 400
+    assert planned_epochs(40, 500, 8) == 40 and planned_epochs(40, 500, 23) == 22
+    # Epochs of unknown length under a step budget, or no limit at all: not known.
+    assert planned_epochs(-1, 500, math.inf) is None and planned_epochs(None, None, 10) is None
     quiet = {"logger": False, "enable_checkpointing": False, "default_root_dir": tmp_path}
-    assert runs_all_epochs(L.Trainer(max_epochs=40, **quiet))
-    # Whichever epoch ends these, it must have been probed: every epoch is.
-    assert not runs_all_epochs(L.Trainer(max_epochs=40, max_steps=500, **quiet))
-    assert not runs_all_epochs(L.Trainer(max_epochs=40, max_time={"minutes": 5}, **quiet))
+    # Whichever epoch these callbacks end a run in must have been probed: every epoch is.
+    assert epochs_ahead(L.Trainer(max_epochs=40, max_time={"minutes": 5}, **quiet)) is None
     stop = EarlyStopping("val_loss", patience=3)
-    assert not runs_all_epochs(L.Trainer(max_epochs=40, callbacks=[stop], **quiet))
-    assert not runs_all_epochs(L.Trainer(max_epochs=-1, **quiet))
+    assert epochs_ahead(L.Trainer(max_epochs=40, callbacks=[stop], **quiet)) is None
 
 
 def test_a_negative_probe_size_is_refused_with_what_is_accepted(compose_cfg):

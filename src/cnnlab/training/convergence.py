@@ -55,6 +55,22 @@ def epochs_read(epochs: int) -> int:
     return epochs // WINDOW + 1
 
 
+def planned_epochs(
+    max_epochs: int | None, max_steps: int | None, steps_per_epoch: float
+) -> int | None:
+    """How many epochs a fit of at most ``max_epochs`` epochs and ``max_steps`` optimizer steps
+    (None or -1: no limit) runs at ``steps_per_epoch`` (inf: not known, as for a stream): the
+    step limit ends it in the epoch of its last step (claim 9's budget of 400 steps, in epochs
+    of one batch: 400). None where that is not known in advance."""
+    epochs = None if max_epochs in (None, -1) else max_epochs
+    if max_steps in (None, -1):
+        return epochs
+    if not math.isfinite(steps_per_epoch) or steps_per_epoch < 1:
+        return None
+    by_steps = math.ceil(max_steps / steps_per_epoch)
+    return by_steps if epochs is None else min(epochs, by_steps)
+
+
 def judge(
     losses: Sequence[float], last_train_acc: float | None, num_classes: int, loss_drop: float,
     acc_ceiling: float, above_chance: float, measured_on: str = "training",

@@ -32,7 +32,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import InputStats
 from cnnlab.optim.factory import build_optimizer, build_scheduler, lightning_scheduler
 from cnnlab.training.compat import attached_trainer, logs_this_step
-from cnnlab.training.convergence import epochs_read
+from cnnlab.training.convergence import epochs_read, planned_epochs
 from cnnlab.transfer.feature_cache import FeatureCache
 
 # torch.compile's modes: it checks the name only when the model first runs, deep in a step.
@@ -71,17 +71,17 @@ def macro_metrics(num_classes: int) -> dict[str, nn.Module]:
     }
 
 
-def runs_all_epochs(trainer: L.Trainer) -> bool:
-    """Whether a fit ends after ``trainer.max_epochs`` epochs and not before: no step or time
-    limit, no early stopping."""
-    epochs = trainer.max_epochs
-    return (
-        epochs is not None
-        and epochs > 0
-        and trainer.max_steps in (None, -1)
-        and not trainer.early_stopping_callbacks
-        and not any(isinstance(callback, Timer) for callback in trainer.callbacks)
+def epochs_ahead(trainer: L.Trainer) -> int | None:
+    """How many epochs the trainer's fit runs (:func:`planned_epochs`); None where a callback
+    may end it sooner (early stopping, a time limit)."""
+    if trainer.early_stopping_callbacks or any(isinstance(c, Timer) for c in trainer.callbacks):
+        return None
+    batches = trainer.num_training_batches
+    # The optimizer also steps after an epoch's last, incomplete accumulation.
+    per_epoch = (
+        math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else batches
     )
+    return planned_epochs(trainer.max_epochs, trainer.max_steps, per_epoch)
 
 
 def plain_state_dict(state_dict: dict) -> dict:
@@ -291,11 +291,10 @@ class ClassificationModule(L.LightningModule):
         """Whether the probe runs after this epoch: after each of the epochs the convergence rule
         reads (the last fifth and the one before; after every epoch, it added 10-37% to the
         training time of the ablations' sets of 1,000-3,000 images); after every epoch when
-        asked, or when the run may end before ``max_epochs`` (early stopping, ``max_steps``,
-        ``max_time``), so that whichever epoch ends it, the rule's epochs have been probed."""
-        trainer = self.trainer
-        epochs = trainer.max_epochs
-        if self.probe_every_epoch or not runs_all_epochs(trainer):
+        asked, or when the run's length is not known in advance (:func:`epochs_ahead`), so
+        that whichever epoch ends it, the rule's epochs have been probed."""
+        epochs = epochs_ahead(self.trainer)
+        if self.probe_every_epoch or epochs is None:
             return True
         return self.current_epoch >= epochs - epochs_read(epochs)
 
