@@ -76,12 +76,16 @@ def epochs_ahead(trainer: L.Trainer) -> int | None:
     may end it sooner (early stopping, a time limit)."""
     if trainer.early_stopping_callbacks or any(isinstance(c, Timer) for c in trainer.callbacks):
         return None
+    return planned_epochs(trainer.max_epochs, trainer.max_steps, steps_per_epoch(trainer))
+
+
+def steps_per_epoch(trainer: L.Trainer) -> float:
+    """Optimizer steps in an epoch of the trainer's fit (inf where its length is not known): the
+    optimizer also steps after an epoch's last, incomplete accumulation."""
     batches = trainer.num_training_batches
-    # The optimizer also steps after an epoch's last, incomplete accumulation.
-    per_epoch = (
+    return (
         math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else batches
     )
-    return planned_epochs(trainer.max_epochs, trainer.max_steps, per_epoch)
 
 
 def plain_state_dict(state_dict: dict) -> dict:
@@ -381,10 +385,8 @@ class ClassificationModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optimizer_cfg, self.lr_scales)
         total = self.trainer.estimated_stepping_batches
-        batches = self.trainer.num_training_batches
-        per_epoch = None
-        if math.isfinite(batches):
-            per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        steps = steps_per_epoch(self.trainer)
+        per_epoch = max(1, steps) if math.isfinite(steps) else None
         schedule = build_scheduler(optimizer, self.scheduler_cfg, total, per_epoch)
         if schedule is None:
             return optimizer

@@ -96,6 +96,7 @@ def build_module(
         augmented=changes_images(augmentation),
         load=load_weights,
     )
+    convergence = cfg.get("convergence", {})
     return ClassificationModule(
         model=model,
         data=data,
@@ -109,8 +110,8 @@ def build_module(
         run_config=OmegaConf.to_container(cfg),
         input_stats=None if plan.load_report is None else plan.load_report.stats,
         # Configs stored by a cnnlab older than the probe have no such keys.
-        probe_images=cfg.get("convergence", {}).get("probe_images", 0),
-        probe_every_epoch=cfg.get("convergence", {}).get("probe_every_epoch", False),
+        probe_images=convergence.get("probe_images", 0),
+        probe_every_epoch=convergence.get("probe_every_epoch", False),
         **cfg.module,
     )
 
