@@ -54,9 +54,13 @@ test-all: env data
 
 # The minute-scale rows of the README's fault matrix (SIGKILL during validation and testing,
 # SIGTERM, a full disk, two processes racing, sweeps killed and re-run) and the image folders' and
-# shards' kill-and-resume tests: the heavy tests that CI runs after make test.
+# shards' kill-and-resume tests, a failed run beside a completed one and a failed job in a
+# parallel sweep: the heavy tests that CI runs after make test.
+FAULT_TESTS := tests/test_resume.py tests/test_image_folder.py tests/test_shards.py \
+	tests/test_train.py::test_fast_dev_run_then_a_failed_run_leaves_the_first_untouched \
+	tests/test_sweeps.py::test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline
 test-faults: env data
-	$(UV) run --frozen pytest -m heavy --durations=15 tests/test_resume.py tests/test_image_folder.py tests/test_shards.py $(ARGS)
+	$(UV) run --frozen pytest -m heavy --durations=15 $(FAULT_TESTS) $(ARGS)
 
 # Every ablation of docs/ablations.md end to end at ci scale (minutes), then every claim again
 # with the one-GPU scale's launcher (parallel joblib jobs), data sets and models at the ci sizes

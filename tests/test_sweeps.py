@@ -131,7 +131,7 @@ def test_multirun_of_3x2_jobs_compares_as_3_groups_of_2_seeds(tmp_path, capsys):
 
 
 @needs_fmnist
-@pytest.mark.slow
+@pytest.mark.heavy  # 24 s; a fault-matrix row, run by make test-faults
 def test_parallel_sweep_isolates_a_failed_job_and_logs_to_wandb_offline(tmp_path):
     """Two jobs at once with the joblib launcher, each with half the cores; one fails (3 output
     classes for 10 labels) and the other completes; both log to W&B offline."""

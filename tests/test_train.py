@@ -63,6 +63,7 @@ def test_short_training_learns_fashion_mnist(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.heavy  # 27 s; a fault-matrix row, run by make test-faults
 def test_fast_dev_run_then_a_failed_run_leaves_the_first_untouched(tmp_path):
     """A fast dev run of the default experiment writes a complete run dir; a failed run with the
     same name is recorded beside it without touching it. One test: both need the first run."""
