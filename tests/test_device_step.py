@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cnnlab.config.schema import validate
 from cnnlab.errors import CnnlabError
 from cnnlab.training.module import COMPILE_MODES
-from cnnlab.training.run import build_module
+from cnnlab.training.run import build_module, slow_bf16_warning
 from conftest import needs_fmnist
 
 pytestmark = needs_fmnist
@@ -125,3 +125,22 @@ def test_a_compiled_model_trains_on_the_cpu(compose_cfg, mode):
     module.eval(), eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(module(x), eager(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("precision", "on_cpu", "native", "warns"),
+    [
+        ("bf16-mixed", True, False, True),
+        ("bf16-true", True, False, True),
+        ("bf16-mixed", True, True, False),
+        ("bf16-mixed", False, False, False),
+        ("32-true", True, False, False),
+    ],
+)
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_of(precision, on_cpu, native, warns):
+    """best_fmnist trains in bf16, 1.6x faster than fp32 on a CPU with AVX-512 BF16 and several
+    times slower on one without: the warning names the value and the fix there, and only there."""
+    warning = slow_bf16_warning(precision, on_cpu, native)
+    assert (warning is not None) == warns
+    if warns:
+        assert f"trainer.precision={precision}" in warning and "trainer.precision=32" in warning

@@ -45,9 +45,33 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where bf16 autocast
+    runs wide convolutions faster than fp32 rather than several times slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def slow_bf16_warning(precision: Any, on_cpu: bool, native_bf16: bool) -> str | None:
+    """The warning for bf16 training on a CPU without bf16 instructions, or None."""
+    if not (on_cpu and str(precision).startswith("bf16") and not native_bf16):
+        return None
+    return (
+        f"trainer.precision={precision} on a CPU without bf16 instructions (AVX-512 BF16 or "
+        "AMX): bf16 runs several times slower than fp32 here (BENCHMARKS.md, speed options); "
+        "set trainer.precision=32 (and set trainer.max_epochs from the epoch time you get) "
+        "unless you want bf16's numerics."
+    )
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"), str(kwargs["accelerator"]))
+    accelerator = str(kwargs["accelerator"])
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    warning = slow_bf16_warning(kwargs["precision"], on_cpu, on_cpu and cpu_has_native_bf16())
+    if warning:
+        log.warning(warning)
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.callbacks else []
     kwargs.setdefault("default_root_dir", str(run_dir))
