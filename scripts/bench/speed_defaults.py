@@ -8,6 +8,7 @@ steps after which a variant with a slower first step has paid for it. On a GPU t
 variant is fp32 (the default there is bf16 autocast); on a CPU it is bf16 autocast.
 
     uv run python scripts/bench/speed_defaults.py [--repeats 5]
+    uv run python scripts/bench/speed_defaults.py --common "model.stem_pool=false"
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ def variants() -> dict[str, tuple[tuple[str, ...], int | None]]:
 def main() -> None:
     parser = step_timing_parser(__doc__)
     parser.add_argument("--model", default="resnet_small")
+    parser.add_argument(
+        "--common", default="", help="overrides for every variant, e.g. another network's widths"
+    )
     args = parser.parse_args()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, CPU bf16 instructions: {bf16 or 'none'}, GPU: {gpu}")
     table = variants()
+    common = tuple(args.common.split())
     steps: dict[str, list[float]] = {name: [] for name in table}
     firsts: dict[str, list[float]] = {name: [] for name in table}
     threads = torch.get_num_threads()
@@ -61,7 +66,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, (extra, n_threads) in table.items():
                 torch.set_num_threads(n_threads or threads)
-                clock = cnnlab_clock(args.model, args.steps, Path(tmp), extra)
+                clock = cnnlab_clock(args.model, args.steps, Path(tmp), (*common, *extra))
                 steps[name].append(per_step(clock.starts, clock.end, args.warmup))
                 firsts[name].append(clock.starts[1] - clock.starts[0])
     torch.set_num_threads(threads)
