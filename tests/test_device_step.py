@@ -138,7 +138,7 @@ def test_a_compiled_model_trains_on_the_cpu(compose_cfg, mode):
     ],
 )
 def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_of(precision, on_cpu, native, warns):
-    """best_fmnist trains in bf16, 1.6x faster than fp32 on a CPU with AVX-512 BF16 and several
+    """best_fmnist trains in bf16, 1.5x faster than fp32 on a CPU with AVX-512 BF16 and several
     times slower on one without: the warning names the value and the fix there, and only there."""
     warning = slow_bf16_warning(precision, on_cpu, native)
     assert (warning is not None) == warns
