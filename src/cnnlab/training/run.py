@@ -41,8 +41,12 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     native bf16, such as AVX2-only ones, run bf16 slower than fp32)."""
     if precision != "auto":
         return precision
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    gpu = trains_on_gpu(accelerator)
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def trains_on_gpu(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -68,8 +72,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"), str(kwargs["accelerator"]))
     accelerator = str(kwargs["accelerator"])
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    warning = slow_bf16_warning(kwargs["precision"], on_cpu, on_cpu and cpu_has_native_bf16())
+    on_cpu = accelerator in ("cpu", "auto") and not trains_on_gpu(accelerator)
+    warning = slow_bf16_warning(kwargs["precision"], on_cpu, cpu_has_native_bf16())
     if warning:
         log.warning(warning)
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
